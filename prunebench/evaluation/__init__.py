@@ -1,0 +1,1 @@
+"""Evaluation: token accounting (PKR), executed-graph MAC counting, and (later) VIS metrics."""

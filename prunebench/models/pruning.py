@@ -1,0 +1,214 @@
+"""The one pruning interface, and the machinery every method shares.
+
+The backbone (``PrunableViT``) asks a ``PruningMethod`` at each of its positions which tokens stay.
+The method sees the *candidate* tokens of that stage and returns a hard keep decision over them
+(with a straight-through gradient in training) plus anything its loss needs. Methods never run or
+modify the transformer blocks; the backbone applies the decision in one of two execution paths
+(masked for training, gather/scatter for inference), see ``prunebench.models.vit``.
+
+Candidates are the currently active tokens for methods without reactivation (VPP, DynamicViT,
+TPS), and all tokens for methods with reactivation (SViT). The backbone multiplies the method's
+decision with the candidate weight, so the mask recorded for a stage is always the *cumulative*
+keep mask of all N tokens that is in force from that block on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def gumbel_noise(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """I.i.d. Gumbel(0, 1) samples shaped like ``like`` (seeded by ``generator`` if given)."""
+    u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    tiny = torch.finfo(like.dtype).tiny
+    return -torch.log(-torch.log(u.clamp(min=tiny, max=1.0 - 1e-7)))
+
+
+def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
+    """Value of ``hard``, gradient of ``soft``."""
+    return hard + soft - soft.detach()
+
+
+def hard_gumbel_keep(
+    log_probs: Tensor,
+    *,
+    noise_scale: float,
+    temperature: float,
+    noise: bool,
+    generator: torch.Generator | None = None,
+    gradient: bool = True,
+) -> Tensor:
+    """Hard keep decision (1 = keep) from two-class log-probabilities ``(..., 2)``, channel 0 = keep.
+
+    ``noisy = log_probs + noise_scale * Gumbel``; the decision is ``argmax(noisy)``; the
+    straight-through gradient is that of ``softmax(noisy / temperature)[keep]``.
+
+    - standard Gumbel-softmax(ℓ, τ) (SViT, DynamicViT, TPS): ``noise_scale=1, temperature=τ``,
+      so P(keep) = σ(Δ) for any τ;
+    - VPP's call Gumbel-softmax(τ·ℓ, τ): ``noise_scale=1/τ, temperature=1``, so P(keep) = σ(τ·Δ)
+      (methods.md §0.2).
+
+    ``noise=False`` gives the deterministic decision ``Δ > 0``.
+    """
+    noisy = log_probs + noise_scale * gumbel_noise(log_probs, generator) if noise else log_probs
+    hard = (noisy[..., 0] > noisy[..., 1]).to(log_probs.dtype)
+    if not gradient:
+        return hard
+    soft = torch.softmax(noisy / temperature, dim=-1)[..., 0]
+    return straight_through(hard, soft)
+
+
+def topk_mask(scores: Tensor, k: int, valid: Tensor | None = None) -> Tensor:
+    """0/1 mask ``(B, n)`` of the ``k`` highest scores per row, among ``valid`` entries only."""
+    if valid is not None:
+        scores = scores.masked_fill(valid <= 0, float("-inf"))
+    k = min(k, scores.shape[1])
+    index = scores.topk(k, dim=1).indices
+    return torch.zeros_like(scores).scatter_(1, index, 1.0)
+
+
+def keep_count(num_tokens: int, ratio: float) -> int:
+    """Fixed keep count ⌊N·ratio⌋ used by the top-k selectors (at least one token)."""
+    return max(1, math.floor(num_tokens * ratio + 1e-9))
+
+
+class TokenMLP(nn.Module):
+    """Per-token two-class scorer ``LN → Linear(D→h) → GELU → Linear(h→2) → log-softmax``.
+
+    Channel 0 means "keep". This is the selector of SViT and of VPP's SMs (h = D/4), and the
+    scoring head of VPP's Map-SM (h = D/2).
+    """
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, 2)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return F.log_softmax(self.fc2(F.gelu(self.fc1(self.norm(tokens)))), dim=-1)
+
+
+@dataclass
+class Candidates:
+    """The tokens a method decides on at one stage.
+
+    Attributes:
+        tokens: ``(B, n, D)`` token features (the block input).
+        weight: ``(B, n)`` cumulative keep of each candidate before this stage; in training a 0/1
+            float carrying straight-through gradients, in inference 1 for real candidates and 0 for
+            padding (batch > 1). Methods with reactivation get all ones.
+        index: ``(B, n)`` position of each candidate in the full ``h×w`` token grid.
+        grid: ``(h, w)`` of the full token grid; ``N = h·w``.
+    """
+
+    tokens: Tensor
+    weight: Tensor
+    index: Tensor
+    grid: tuple[int, int]
+
+    @property
+    def num_tokens(self) -> int:
+        """N, the number of tokens of the full grid."""
+        return self.grid[0] * self.grid[1]
+
+
+@dataclass
+class Selection:
+    """A method's answer at one stage.
+
+    Attributes:
+        keep: ``(B, n)`` hard 0/1 decision over the candidates (straight-through in training).
+        tokens: candidate features rewritten by the method before the block runs (TPS's squeeze),
+            or None when the method leaves them as they are.
+        aux: tensors the method's loss needs later.
+    """
+
+    keep: Tensor
+    tokens: Tensor | None = None
+    aux: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class StageRecord:
+    """What happened at one pruning position: the cumulative keep mask ``(B, N)`` from there on."""
+
+    position: int
+    keep: Tensor
+    aux: dict[str, Tensor]
+
+
+@dataclass
+class FrameContext:
+    """Per-forward scratch shared by the backbone and the method.
+
+    ``state_in`` is the temporal state from the previous frame of the same video streams (None on
+    a stream's first frame); the method writes the state for the next frame into ``state_out``.
+    ``generator`` seeds the selectors' noise (None: torch's global generator).
+    """
+
+    grid: tuple[int, int]
+    training: bool
+    generator: torch.Generator | None = None
+    state_in: dict[str, Any] | None = None
+    state_out: dict[str, Any] = field(default_factory=dict)
+    records: list[StageRecord] = field(default_factory=list)
+
+
+class PruningMethod(nn.Module):
+    """Base class of every pruning method.
+
+    A subclass sets ``name`` and ``Params`` (a dataclass with ``validate``), builds its selectors
+    in ``__init__`` and implements ``select`` (and ``loss`` if it has one). Optional hooks:
+    ``observation_points`` + ``observe`` to read the token map between blocks (VPP's state).
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type]
+    reactivates: ClassVar[bool] = False
+    #: True when the number of kept tokens depends on the image (costs need real frames)
+    image_dependent: ClassVar[bool] = False
+
+    def __init__(self, params: Any, dim: int, depth: int):
+        super().__init__()
+        self.params = params
+        self.dim = dim
+        self.depth = depth
+
+    @property
+    def positions(self) -> tuple[int, ...]:
+        """Block indices at whose input ``select`` is called, in increasing order."""
+        return ()
+
+    @property
+    def observation_points(self) -> tuple[int, ...]:
+        """Boundaries b (0..depth; b = input of block b) at which ``observe`` is called."""
+        return ()
+
+    def select(self, position: int, candidates: Candidates, ctx: FrameContext) -> Selection:
+        """Decide which candidates stay from block ``position`` on."""
+        raise NotImplementedError(f"{type(self).__name__} has positions but no select()")
+
+    def observe(self, boundary: int, tokens: Tensor, active: Tensor, ctx: FrameContext) -> None:
+        """See the full token map ``(B, N, D)`` and active mask ``(B, N)`` at a boundary."""
+
+    def loss(self, ctx: FrameContext) -> Tensor:
+        """The method's auxiliary loss for this forward (a scalar)."""
+        return torch.zeros(())
+
+    def num_parameters(self) -> int:
+        """Parameters the method adds to the backbone."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def ratio_error(keep: Tensor, target: float, per_sample: bool = False) -> Tensor:
+    """``(mean(keep) - target)²``: batch-level by default, or the batch mean of per-sample errors."""
+    if per_sample:
+        return ((keep.flatten(1).mean(1) - target) ** 2).mean()
+    return (keep.mean() - target) ** 2

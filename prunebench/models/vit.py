@@ -1,0 +1,246 @@
+"""PrunableViT: a timm ViT (patch 16, no class token) that prunes tokens through a PruningMethod.
+
+Two execution paths compute the same function:
+
+- ``masked`` (training): every block sees all N tokens. With the cumulative keep mask ``d`` in
+  force at a block, pruned tokens are removed as attention keys (an additive −inf key mask) and
+  frozen: ``x ← d·Block(x) + (1−d)·x``. Straight-through gradients reach the selectors via ``d``.
+- ``gather`` (inference): the kept tokens are gathered, the block runs on the shorter sequence,
+  the results are scattered back. Pruned tokens keep their last features. For batch > 1 the
+  sequences are padded to the longest kept count of the batch and the padding is key-masked
+  (one batched call per block rather than a per-sample loop); batch 1 needs no padding or mask.
+
+Either way the output is the dense ``h×w`` map of all tokens, plus the keep mask entering each
+block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import timm
+import torch
+from timm.layers import resample_abs_pos_embed
+from torch import Tensor, nn
+
+from prunebench.errors import ConfigError
+from prunebench.models.pruning import Candidates, FrameContext, PruningMethod, StageRecord
+from prunebench.models.registry import backbone_spec, build_method
+
+PATCH_SIZE = 16
+Path = Literal["masked", "gather"]
+
+
+@dataclass
+class BackboneOutput:
+    """Result of one backbone pass over a batch of frames.
+
+    Attributes:
+        features: ``(B, D, h, w)`` dense token map after the final norm.
+        block_keep: ``(depth, B, N)`` 0/1 mask of the tokens entering each block.
+        state: temporal state to pass with the next frame of the same streams (None if the method
+            keeps none).
+        records: one ``StageRecord`` per pruning position, in order.
+        loss: the method's auxiliary loss (training mode), else None.
+    """
+
+    features: Tensor
+    block_keep: Tensor
+    state: dict[str, Any] | None
+    records: list[StageRecord]
+    loss: Tensor | None
+
+
+def check_image_size(height: int, width: int) -> None:
+    """Raise ConfigError unless both sides are positive multiples of the patch size."""
+    if height <= 0 or width <= 0 or height % PATCH_SIZE or width % PATCH_SIZE:
+        raise ConfigError(
+            f"image size {height}x{width} is not divisible by {PATCH_SIZE}; "
+            f"allowed: positive multiples of {PATCH_SIZE} for both height and width"
+        )
+
+
+def _key_mask(keep: Tensor, dtype: torch.dtype) -> Tensor:
+    """Additive attention mask ``(B, 1, 1, n)``: 0 for kept keys, −inf for the others.
+
+    A sample with no kept key gets no mask (its block output is discarded anyway), so that
+    attention never sees a row of only −inf.
+    """
+    allowed = keep | ~keep.any(dim=1, keepdim=True)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=keep.device)
+    return mask.masked_fill_(~allowed, float("-inf"))[:, None, None, :]
+
+
+def _gather_plan(active: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """Where the kept tokens are: ``(index (B, n), valid (B, n) or None)``.
+
+    ``index`` is None when every token is kept. Rows are padded to the longest kept count with
+    (distinct) pruned tokens, flagged False in ``valid``; ``valid`` is None when no row needs it.
+    """
+    if active is None:
+        return None, None
+    keep = active > 0.5
+    if bool(keep.all()):
+        return None, None
+    counts = keep.sum(dim=1)
+    n = int(counts.max())
+    order = torch.argsort(keep.to(torch.uint8), dim=1, descending=True, stable=True)[:, :n]
+    valid = torch.arange(n, device=active.device)[None, :] < counts[:, None]
+    return order, (None if bool(valid.all()) else valid)
+
+
+def _gather(x: Tensor, index: Tensor) -> Tensor:
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def _scatter(x: Tensor, index: Tensor, values: Tensor) -> Tensor:
+    return x.scatter(1, index[..., None].expand(-1, -1, x.shape[-1]), values)
+
+
+class PrunableViT(nn.Module):
+    """A timm ``VisionTransformer`` without class token whose tokens a ``PruningMethod`` prunes."""
+
+    def __init__(self, backbone: str, method: PruningMethod, drop_path_rate: float = 0.0):
+        super().__init__()
+        timm_name, dim, _, depth = backbone_spec(backbone)
+        if method.dim != dim or method.depth != depth:
+            raise ConfigError(
+                f"method '{method.name}' was built for D={method.dim}, depth={method.depth}; "
+                f"backbone '{backbone}' has D={dim}, depth={depth}"
+            )
+        self.backbone_name = backbone
+        self.vit = timm.create_model(
+            timm_name,
+            pretrained=False,
+            num_classes=0,
+            class_token=False,
+            global_pool="avg",
+            dynamic_img_size=True,
+            drop_path_rate=drop_path_rate,
+        )
+        self.method = method
+        self.embed_dim = dim
+        self.depth = depth
+
+    def embed(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Patch-embed and add position embeddings resized (bicubic) to the image's grid."""
+        batch, _, height, width = images.shape
+        check_image_size(height, width)
+        x = self.vit.patch_embed(images)  # (B, h, w, D) with dynamic_img_size
+        h, w = x.shape[1], x.shape[2]
+        pos = resample_abs_pos_embed(
+            self.vit.pos_embed, new_size=(h, w), old_size=self.vit.patch_embed.grid_size,
+            num_prefix_tokens=0,
+        )
+        x = self.vit.pos_drop(x.reshape(batch, h * w, -1) + pos)
+        return self.vit.norm_pre(x), (h, w)
+
+    def forward(
+        self,
+        images: Tensor,
+        state: dict[str, Any] | None = None,
+        generator: torch.Generator | None = None,
+        path: Path | None = None,
+    ) -> BackboneOutput:
+        """Run the backbone on ``(B, 3, H, W)`` images (H, W multiples of 16).
+
+        Args:
+            images: normalised frames.
+            state: the ``state`` of the previous frame's output for the same video streams, or
+                None on the first frame of a stream.
+            generator: seeds the selectors' noise (None: torch's global generator).
+            path: ``masked`` or ``gather``; default: masked in training mode, gather in eval mode.
+        """
+        path = path or ("masked" if self.training else "gather")
+        x, grid = self.embed(images)
+        batch, num_tokens, _ = x.shape
+        method = self.method
+        ctx = FrameContext(grid=grid, training=self.training, generator=generator, state_in=state)
+        positions, observed = set(method.positions), set(method.observation_points)
+        active: Tensor | None = None  # None = every token active
+        plan: tuple[Tensor | None, Tensor | None] = (None, None)
+        block_keep = []
+        for i, block in enumerate(self.vit.blocks):
+            if i in observed:
+                method.observe(i, x, self._full(active, x), ctx)
+            if i in positions:
+                x, active = self._stage(i, x, active, ctx, path)
+                plan = _gather_plan(active) if path == "gather" else (None, None)
+            block_keep.append(self._full(active, x))
+            x = self._run_masked(block, x, active) if path == "masked" else self._run_gathered(block, x, plan)
+        if self.depth in observed:
+            method.observe(self.depth, x, self._full(active, x), ctx)
+        x = self.vit.norm(x)
+        h, w = grid
+        features = x.transpose(1, 2).reshape(batch, self.embed_dim, h, w)
+        return BackboneOutput(
+            features=features,
+            block_keep=torch.stack(block_keep),
+            state=ctx.state_out or None,
+            records=ctx.records,
+            loss=method.loss(ctx) if self.training else None,
+        )
+
+    @staticmethod
+    def _full(active: Tensor | None, x: Tensor) -> Tensor:
+        return active if active is not None else x.new_ones(x.shape[:2])
+
+    def _stage(
+        self, position: int, x: Tensor, active: Tensor | None, ctx: FrameContext, path: Path
+    ) -> tuple[Tensor, Tensor]:
+        """Ask the method at ``position``; return the (possibly rewritten) tokens and the new mask."""
+        batch, num_tokens, _ = x.shape
+        weight = x.new_ones(batch, num_tokens) if active is None or self.method.reactivates else active
+        index, valid = _gather_plan(weight) if path == "gather" else (None, None)
+        if index is None:
+            full_index = torch.arange(num_tokens, device=x.device).expand(batch, -1)
+            candidates = Candidates(x, weight, full_index, ctx.grid)
+        else:
+            cand_weight = x.new_ones(index.shape) if valid is None else valid.to(x.dtype)
+            candidates = Candidates(_gather(x, index), cand_weight, index, ctx.grid)
+        selection = self.method.select(position, candidates, ctx)
+        keep = selection.keep * candidates.weight
+        if index is None:
+            full_keep = keep
+            if selection.tokens is not None:
+                x = selection.tokens
+        else:
+            full_keep = x.new_zeros(batch, num_tokens).scatter(1, index, keep)
+            if selection.tokens is not None:
+                x = _scatter(x, index, selection.tokens)
+        ctx.records.append(StageRecord(position, full_keep, selection.aux))
+        return x, full_keep
+
+    @staticmethod
+    def _run_masked(block: nn.Module, x: Tensor, active: Tensor | None) -> Tensor:
+        if active is None:
+            return block(x)
+        out = block(x, attn_mask=_key_mask(active > 0.5, x.dtype))
+        d = active[..., None]
+        return d * out + (1.0 - d) * x
+
+    @staticmethod
+    def _run_gathered(block: nn.Module, x: Tensor, plan: tuple[Tensor | None, Tensor | None]) -> Tensor:
+        index, valid = plan
+        if index is None:
+            return block(x)
+        if index.shape[1] == 0:
+            return x
+        kept = _gather(x, index)
+        if valid is None:
+            out = block(kept)
+        else:
+            out = torch.where(valid[..., None], block(kept, attn_mask=_key_mask(valid, x.dtype)), kept)
+        return _scatter(x, index, out)
+
+
+def create_backbone(
+    backbone: str = "vit_tiny",
+    method: str = "dense",
+    params: dict[str, Any] | None = None,
+    drop_path_rate: float = 0.0,
+) -> PrunableViT:
+    """Build a PrunableViT with a registered pruning method (parameters validated)."""
+    _, dim, _, depth = backbone_spec(backbone)
+    return PrunableViT(backbone, build_method(method, params, dim, depth), drop_path_rate=drop_path_rate)

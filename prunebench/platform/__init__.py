@@ -1,0 +1,1 @@
+"""The platform: the command line (and, later, Ray Train/Tune and MLflow tracking)."""
