@@ -1,0 +1,88 @@
+"""Cost accounting against the published anchors (methods.md §0.4, §3.7, §4.4; issue 2)."""
+
+import math
+
+import pytest
+import torch
+
+from prunebench.evaluation.accounting import TokenAccountant
+from prunebench.evaluation.flops import backbone_cost
+from prunebench.models import create_backbone
+
+IMAGE = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+
+
+def _cost(backbone, method, **params):
+    model = create_backbone(backbone, method, params).eval()
+    cost = backbone_cost(model, IMAGE)
+    accountant = TokenAccountant()
+    accountant.update(cost.output.block_keep)
+    return cost, accountant
+
+
+@pytest.mark.parametrize("backbone, expected", [("vit_tiny", 1.251), ("vit_small", 4.583)])
+def test_dense_gmacs_without_class_token(backbone, expected):
+    cost, accountant = _cost(backbone, "dense")
+    assert cost.gmacs == pytest.approx(expected, rel=0.005)
+    assert cost.gmacs_pruner == 0
+    assert accountant.pkr == 1.0
+
+
+def test_dynamicvit_rho07_small():
+    cost, accountant = _cost("vit_small", "dynamicvit", rho=0.7)
+    assert accountant.per_block_tokens == [196.0] * 3 + [137.0] * 3 + [96.0] * 3 + [67.0] * 3
+    assert 2.84 <= cost.gmacs <= 2.99
+    assert cost.gmacs - cost.gmacs_pruner == pytest.approx(2.86, abs=0.01)  # blocks only
+    assert cost.gmacs == pytest.approx(2.96, abs=0.01)  # with its predictors
+
+
+def test_tps_rho07_small():
+    cost, accountant = _cost("vit_small", "tps", rho=0.7)
+    assert accountant.per_block_tokens[3:] == [137.0] * 3 + [96.0] * 3 + [67.0] * 3
+    assert 2.91 <= cost.gmacs <= 3.03
+
+
+@pytest.mark.parametrize("method", ["dynamicvit", "tps"])
+@pytest.mark.parametrize("rho, pkr", [(0.6, 0.542), (0.4, 0.404)])
+def test_pkr_of_geometric_schedules(method, rho, pkr):
+    _, accountant = _cost("vit_small", method, rho=rho)
+    assert accountant.pkr == pytest.approx(pkr, abs=0.003)
+    kept = [math.floor(196 * rho**s) for s in (1, 2, 3)]
+    assert accountant.per_block_tokens[3::3] == [float(k) for k in kept]
+
+
+@pytest.mark.parametrize(
+    "backbone, method, expected",
+    [
+        ("vit_small", "vpp", 188_840),
+        ("vit_small", "svit", 341_298),
+        ("vit_small", "dynamicvit", 723_750),
+        ("vit_small", "tps", 723_750),
+        ("vit_small", "dense", 0),
+        ("vit_tiny", "vpp", 48_344),
+        ("vit_tiny", "svit", 87_714),
+        ("vit_tiny", "dynamicvit", 182_166),
+    ],
+)
+def test_pruner_parameters(backbone, method, expected):
+    assert create_backbone(backbone, method).method.num_parameters() == expected
+
+
+def test_vpp_map_sm_cost_is_counted():
+    model = create_backbone("vit_tiny", "vpp", {"stochastic_inference": False}).eval()
+    first = backbone_cost(model, IMAGE)
+    second = backbone_cost(model, IMAGE, state=first.output.state)
+    n, d = 196, 192
+    # similarity N×N'×D plus the Map-SM scorer; SM selectors run on both frames
+    assert second.gmacs_pruner - first.gmacs_pruner >= n * n * d / 1e9
+
+
+def test_accountant_averages_over_frames():
+    acc = TokenAccountant()
+    acc.update(torch.ones(12, 1, 10))
+    half = torch.ones(12, 1, 10)
+    half[6:, :, 5:] = 0
+    acc.update(half)
+    assert acc.frames == 2
+    assert acc.per_block_keep[:6] == [1.0] * 6 and acc.per_block_keep[6:] == [0.75] * 6
+    assert acc.pkr == pytest.approx(0.875)
