@@ -1,0 +1,304 @@
+"""Synthetic videos in the exact YouTube-VIS layout (``prunebench data synth OUT``).
+
+Nothing can be downloaded here, so the real readers and the whole pipeline are exercised on videos
+this module draws. They are not trivial: a textured background that pans slowly; 1–4 objects per
+video from 5 categories that differ in shape *and* texture (disk/solid, square/stripes,
+triangle/checker, ring/speckle, cross/dots), with random colours; smooth motion with rotation and
+breathing scale; occlusion by depth order; objects that enter or leave mid-video; optional scene
+cuts (new background, objects jump; identities continue, as in the paper's §5.4).
+
+Layout written (both splits carry ground truth):
+
+    OUT/train/JPEGImages/<video>/<frame>.jpg    OUT/annotations/instances_train.json
+    OUT/valid/JPEGImages/<video>/<frame>.jpg    OUT/annotations/instances_valid.json
+    OUT/splits.json                              per split: videos, frames, instances, sha256
+
+The same arguments give byte-identical files. The output appears atomically: everything is
+written to a temporary folder beside OUT, which is then renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from prunebench.errors import ConfigError
+
+CATEGORIES = [
+    {"id": 1, "name": "disk", "supercategory": "shape"},
+    {"id": 2, "name": "square", "supercategory": "shape"},
+    {"id": 3, "name": "triangle", "supercategory": "shape"},
+    {"id": 4, "name": "ring", "supercategory": "shape"},
+    {"id": 5, "name": "cross", "supercategory": "shape"},
+]
+JPEG_QUALITY = 92
+MIN_VISIBLE_PIXELS = 4
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """What to generate. ``videos`` is the train split size; valid gets ``valid_videos``."""
+
+    videos: int = 24
+    valid_videos: int = 8
+    frames: int = 12
+    height: int = 128
+    width: int = 224
+    seed: int = 0
+    scene_cut_prob: float = 0.15
+
+    def validate(self) -> None:
+        """One-line errors for impossible sizes."""
+        for name in ("videos", "valid_videos", "frames"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: allowed: an integer >= 1")
+        for name in ("height", "width"):
+            if getattr(self, name) < 32:
+                raise ConfigError(f"--{name} {getattr(self, name)}: allowed: at least 32 pixels")
+        if not 0.0 <= self.scene_cut_prob <= 1.0:
+            raise ConfigError(f"--scene-cut-prob {self.scene_cut_prob}: allowed: a probability in [0, 1]")
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A low-contrast textured field (sum of oriented waves + grain), float RGB in [0, 255]."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = rng.uniform(70, 170, size=3).astype(np.float32)
+    image = np.broadcast_to(base, (height, width, 3)).copy()
+    for _ in range(4):
+        angle, freq = rng.uniform(0, math.pi), rng.uniform(0.02, 0.12)
+        phase, amp = rng.uniform(0, 2 * math.pi), rng.uniform(8, 22)
+        wave = np.sin(freq * (xx * math.cos(angle) + yy * math.sin(angle)) + phase)
+        image += amp * wave[..., None] * rng.uniform(-1, 1, size=3).astype(np.float32)
+    image += rng.normal(0, 6, size=(height, width, 1)).astype(np.float32)
+    return image
+
+
+def _shape_mask(category: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Mask of a category's shape in its local coordinates (radius 1)."""
+    r = np.hypot(u, v)
+    if category == 1:
+        return r <= 1.0
+    if category == 2:
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.8
+    if category == 3:
+        return (v <= 0.5) & (v >= 2.0 * np.abs(u) * math.sqrt(3) / 2 - 1.0) & (np.abs(u) <= 1.0)
+    if category == 4:
+        return (r <= 1.0) & (r >= 0.55)
+    return ((np.abs(u) <= 0.33) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= 0.33) & (np.abs(u) <= 1.0))
+
+
+def _texture(category: int, u: np.ndarray, v: np.ndarray, c1: np.ndarray, c2: np.ndarray,
+             rng: np.random.Generator) -> np.ndarray:
+    """Per-pixel colour of a category's texture."""
+    if category == 1:
+        pick = np.zeros_like(u, dtype=bool)
+    elif category == 2:
+        pick = np.sin(u * 9.0) > 0
+    elif category == 3:
+        pick = (np.floor(u * 3.5) + np.floor(v * 3.5)) % 2 == 0
+    elif category == 4:
+        pick = rng.random(u.shape) < 0.25
+    else:
+        pick = (np.abs(((u * 4) % 1.0) - 0.5) < 0.22) & (np.abs(((v * 4) % 1.0) - 0.5) < 0.22)
+    return np.where(pick[..., None], c2, c1)
+
+
+@dataclass
+class _Object:
+    category: int
+    radius: float
+    position: np.ndarray
+    velocity: np.ndarray
+    angle: float
+    spin: float
+    wobble: float
+    colors: tuple[np.ndarray, np.ndarray]
+    depth: float
+    start: int
+    stop: int
+
+
+def _vivid(rng: np.random.Generator) -> np.ndarray:
+    rgb = rng.uniform(0, 60, size=3)
+    rgb[rng.integers(3)] = rng.uniform(200, 255)
+    rgb[rng.integers(3)] += rng.uniform(60, 140)
+    return np.clip(rgb, 0, 255).astype(np.float32)
+
+
+def _objects(rng: np.random.Generator, spec: SynthSpec) -> list[_Object]:
+    count = int(rng.integers(1, 5))
+    short = min(spec.height, spec.width)
+    objects = []
+    for _ in range(count):
+        radius = float(rng.uniform(0.12, 0.24) * short)
+        start, stop = 0, spec.frames
+        position = np.array([rng.uniform(radius, spec.width - radius), rng.uniform(radius, spec.height - radius)])
+        speed = rng.uniform(0.4, 1.6) * short / 64
+        direction = rng.uniform(0, 2 * math.pi)
+        velocity = speed * np.array([math.cos(direction), math.sin(direction)])
+        if spec.frames >= 6 and rng.random() < 0.3:  # enters mid-video from outside the frame
+            start = int(rng.integers(1, spec.frames // 2))
+            side = rng.integers(4)
+            entry = [np.array([-radius, position[1]]), np.array([spec.width + radius, position[1]]),
+                     np.array([position[0], -radius]), np.array([position[0], spec.height + radius])][side]
+            inward = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]][side]) * max(speed, 2.0)
+            position, velocity = entry - inward * start, inward
+        elif spec.frames >= 6 and rng.random() < 0.2:  # leaves (is removed) mid-video
+            stop = int(rng.integers(spec.frames // 2, spec.frames))
+        objects.append(_Object(
+            category=int(rng.integers(1, len(CATEGORIES) + 1)), radius=radius, position=position,
+            velocity=velocity, angle=float(rng.uniform(0, 2 * math.pi)), spin=float(rng.uniform(-0.08, 0.08)),
+            wobble=float(rng.uniform(0, 2 * math.pi)), colors=(_vivid(rng), _vivid(rng)),
+            depth=float(rng.random()), start=start, stop=stop,
+        ))
+    return objects
+
+
+def _render_video(rng: np.random.Generator, spec: SynthSpec) -> tuple[list[np.ndarray], list[_Object], list[list[np.ndarray | None]]]:
+    """Frames (uint8 HxWx3) and, per object, its visible mask per frame (None when absent)."""
+    pan = int(spec.frames * 2 + 8)
+    background = _background(rng, spec.height + pan, spec.width + pan)
+    pan_velocity = rng.uniform(-1.5, 1.5, size=2)
+    origin = np.array([pan / 2, pan / 2])
+    objects = _objects(rng, spec)
+    cut = int(rng.integers(2, spec.frames)) if spec.frames >= 4 and rng.random() < spec.scene_cut_prob else -1
+    yy, xx = np.mgrid[0:spec.height, 0:spec.width].astype(np.float32)
+    frames, masks = [], [[None] * spec.frames for _ in objects]
+    order = sorted(range(len(objects)), key=lambda i: objects[i].depth)
+    for t in range(spec.frames):
+        if t == cut:  # scene cut: new background, objects jump
+            background = _background(rng, spec.height + pan, spec.width + pan)
+            for obj in objects:
+                obj.position = np.array([rng.uniform(obj.radius, spec.width - obj.radius),
+                                         rng.uniform(obj.radius, spec.height - obj.radius)]) - obj.velocity * t
+        offset = np.clip(origin + pan_velocity * t, 0, pan - 1).astype(int)
+        image = background[offset[1]:offset[1] + spec.height, offset[0]:offset[0] + spec.width].copy()
+        drawn: list[tuple[int, np.ndarray]] = []
+        for i in order:
+            obj = objects[i]
+            if not obj.start <= t < obj.stop:
+                continue
+            center = obj.position + obj.velocity * t
+            radius = obj.radius * (1.0 + 0.08 * math.sin(0.5 * t + obj.wobble))
+            angle = obj.angle + obj.spin * t
+            dx, dy = (xx - center[0]) / radius, (yy - center[1]) / radius
+            u = dx * math.cos(angle) + dy * math.sin(angle)
+            v = -dx * math.sin(angle) + dy * math.cos(angle)
+            shape = _shape_mask(obj.category, u, v)
+            if not shape.any():
+                continue
+            texture = _texture(obj.category, u, v, *obj.colors, rng)
+            shade = (1.0 - 0.25 * np.clip(np.hypot(u, v), 0, 1))[..., None]
+            image = np.where(shape[..., None], texture * shade, image)
+            for k, (_, lower) in enumerate(drawn):  # occlusion: later (nearer) objects cover earlier ones
+                drawn[k] = (drawn[k][0], lower & ~shape)
+            drawn.append((i, shape))
+        for i, visible in drawn:
+            if visible.sum() >= MIN_VISIBLE_PIXELS:
+                masks[i][t] = visible
+        frames.append(np.clip(image + rng.normal(0, 2.0, image.shape), 0, 255).astype(np.uint8))
+    return frames, objects, masks
+
+
+def _encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _jpeg_bytes(frame: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def _write_split(root: Path, split: str, count: int, spec: SynthSpec, seed: np.random.SeedSequence) -> dict[str, Any]:
+    videos, annotations, digest = [], [], hashlib.sha256()
+    frame_total = 0
+    for index, child in enumerate(seed.spawn(count)):
+        rng = np.random.default_rng(child)
+        frames, objects, masks = _render_video(rng, spec)
+        name = f"{split}_{index:04d}"
+        folder = root / split / "JPEGImages" / name
+        folder.mkdir(parents=True)
+        file_names = []
+        for t, frame in enumerate(frames):
+            data = _jpeg_bytes(frame)
+            (folder / f"{t:05d}.jpg").write_bytes(data)
+            file_names.append(f"{name}/{t:05d}.jpg")
+            digest.update(data)
+        frame_total += len(frames)
+        video_id = index + 1
+        videos.append({"id": video_id, "width": spec.width, "height": spec.height, "length": spec.frames,
+                       "file_names": file_names})
+        for obj, per_frame in zip(objects, masks):
+            if all(m is None for m in per_frame):
+                continue
+            segmentations = [None if m is None else _encode_rle(m) for m in per_frame]
+            annotations.append({
+                "id": len(annotations) + 1,
+                "video_id": video_id,
+                "category_id": obj.category,
+                "iscrowd": 0,
+                "height": spec.height,
+                "width": spec.width,
+                "length": 1,
+                "segmentations": segmentations,
+                "areas": [None if m is None else int(m.sum()) for m in per_frame],
+                "bboxes": [None if m is None else [float(x) for x in mask_utils.toBbox(s)]
+                           for m, s in zip(per_frame, segmentations)],
+            })
+    dataset = {
+        "info": {"description": f"prunebench synthetic videos ({split})", "seed": spec.seed},
+        "licenses": [],
+        "videos": videos,
+        "annotations": annotations,
+        "categories": CATEGORIES,
+    }
+    text = json.dumps(dataset, sort_keys=True, separators=(",", ":")).encode()
+    (root / "annotations").mkdir(exist_ok=True)
+    (root / "annotations" / f"instances_{split}.json").write_bytes(text)
+    digest.update(text)
+    return {"videos": len(videos), "frames": frame_total, "instances": len(annotations), "sha256": digest.hexdigest()}
+
+
+def generate(out: str | os.PathLike[str], spec: SynthSpec, overwrite: bool = False) -> dict[str, Any]:
+    """Write the train and valid splits under ``out`` atomically; return counts and split hashes."""
+    spec.validate()
+    target = Path(out)
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise ConfigError(f"{target}: folder exists and is not empty; allowed: a new folder, or --overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        train_seed, valid_seed = np.random.SeedSequence(spec.seed).spawn(2)
+        splits = {
+            "train": _write_split(staging, "train", spec.videos, spec, train_seed),
+            "valid": _write_split(staging, "valid", spec.valid_videos, spec, valid_seed),
+        }
+        record = {"spec": spec.__dict__, "splits": splits}
+        (staging / "splits.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {
+        "out": str(target),
+        "videos": sum(s["videos"] for s in splits.values()),
+        "frames": sum(s["frames"] for s in splits.values()),
+        "instances": sum(s["instances"] for s in splits.values()),
+        "splits": splits,
+    }
