@@ -109,80 +109,90 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+class Annotations:
+    """A validated YouTube-VIS annotation file (no frames needed): videos, instances, categories."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        data = _read_json(self.path)
+        self.categories = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
+        self.videos: dict[int, dict[str, Any]] = {}
+        self.instances: dict[int, list[Instance]] = {}
+        for video in data["videos"]:
+            try:
+                vid = int(video["id"])
+                self.videos[vid] = {"height": int(video["height"]), "width": int(video["width"]),
+                                    "file_names": list(video["file_names"])}
+            except (KeyError, TypeError, ValueError):
+                ident = video.get("id", "?") if isinstance(video, dict) else "?"
+                raise self.fail(f"video {ident}", "needs id, height, width and file_names") from None
+            self.instances[vid] = []
+        for ann in data["annotations"]:
+            self._add(ann)
+        self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    def fail(self, item: str, problem: str) -> ConfigError:
+        """The one-line error for a bad item of this file."""
+        return ConfigError(f"{self.path}: {item}: {problem}")
+
+    def _add(self, ann: dict[str, Any]) -> None:
+        ann_id, vid = ann.get("id", "?"), ann.get("video_id")
+        if vid not in self.videos:
+            raise self.fail(f"annotation {ann_id}", f"unknown video_id {vid!r}")
+        if ann.get("category_id") not in self.categories:
+            raise self.fail(f"annotation {ann_id} (video {vid})",
+                            f"unknown category_id {ann.get('category_id')!r}; allowed: {sorted(self.categories)}")
+        segs = ann.get("segmentations")
+        meta = self.videos[vid]
+        length = len(meta["file_names"])
+        if not isinstance(segs, list) or len(segs) != length:
+            n = len(segs) if isinstance(segs, list) else "no"
+            raise self.fail(f"annotation {ann_id} (video {vid})", f"has {n} segmentations for a video of {length} frames")
+        rles: list[dict[str, Any] | None] = []
+        for index, seg in enumerate(segs):
+            if seg is None:
+                rles.append(None)
+                continue
+            try:
+                rle = _to_rle(seg, meta["height"], meta["width"])
+            except Exception as error:  # pycocotools raises bare exceptions on corrupt input
+                raise self.fail(f"annotation {ann_id} (video {vid}) frame {index}", f"undecodable segmentation ({error})") from None
+            if not _rle_is_valid(rle):
+                raise self.fail(f"annotation {ann_id} (video {vid}) frame {index}", "undecodable RLE")
+            rles.append(rle)
+        self.instances[vid].append(Instance(int(ann_id), int(ann["category_id"]), bool(ann.get("iscrowd", 0)), tuple(rles)))
+
+    def ground_truth(self) -> dict[str, Any]:
+        """The annotations with every segmentation as compressed RLE (what the evaluator reads)."""
+        annotations = []
+        for vid, instances in self.instances.items():
+            for inst in instances:
+                annotations.append({"id": inst.id, "video_id": vid, "category_id": inst.category_id,
+                                    "iscrowd": int(inst.iscrowd), "segmentations": list(inst.rles)})
+        videos = [{"id": v, "height": m["height"], "width": m["width"], "length": len(m["file_names"])}
+                  for v, m in self.videos.items()]
+        return {"videos": videos, "annotations": annotations,
+                "categories": [{"id": k, "name": n} for k, n in self.categories.items()]}
+
+
 class YTVISDataset:
-    """A validated YouTube-VIS split. ``videos`` in file order; ``categories`` id → name."""
+    """A validated YouTube-VIS split with its frames. ``videos`` in file order."""
 
     def __init__(self, root: str | Path, split: str):
         self.root = Path(root)
         self.split = split
-        self.annotation_path = self.root / "annotations" / f"instances_{split}.json"
-        data = _read_json(self.annotation_path)
-        self.categories = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
-        self.raw = data
-        self.videos = self._load_videos(data)
-        self.sha256 = hashlib.sha256(self.annotation_path.read_bytes()).hexdigest()
-
-    def _fail(self, item: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.annotation_path}: {item}: {problem}")
-
-    def _load_videos(self, data: dict[str, Any]) -> list[Video]:
-        frames_dir = self.root / self.split / "JPEGImages"
-        by_video: dict[int, list[Instance]] = {}
-        meta: dict[int, dict[str, Any]] = {}
-        for video in data["videos"]:
-            try:
-                vid, height, width, names = int(video["id"]), int(video["height"]), int(video["width"]), video["file_names"]
-            except (KeyError, TypeError, ValueError):
-                raise self._fail(f"video {video.get('id', '?') if isinstance(video, dict) else '?'}",
-                                 "needs id, height, width and file_names") from None
-            for index, name in enumerate(names):
-                if not (frames_dir / name).is_file():
-                    raise self._fail(f"video {vid} frame {index}", f"file {frames_dir / name} is missing")
-            meta[vid] = {"height": height, "width": width, "names": names}
-            by_video[vid] = []
-        for ann in data["annotations"]:
-            ann_id = ann.get("id", "?")
-            vid = ann.get("video_id")
-            if vid not in meta:
-                raise self._fail(f"annotation {ann_id}", f"unknown video_id {vid!r}")
-            if ann.get("category_id") not in self.categories:
-                raise self._fail(
-                    f"annotation {ann_id} (video {vid})",
-                    f"unknown category_id {ann.get('category_id')!r}; allowed: {sorted(self.categories)}",
-                )
-            segs = ann.get("segmentations")
-            length = len(meta[vid]["names"])
-            if not isinstance(segs, list) or len(segs) != length:
-                n = len(segs) if isinstance(segs, list) else "no"
-                raise self._fail(f"annotation {ann_id} (video {vid})", f"has {n} segmentations for a video of {length} frames")
-            height, width = meta[vid]["height"], meta[vid]["width"]
-            rles = []
-            for index, seg in enumerate(segs):
-                if seg is None:
-                    rles.append(None)
-                    continue
-                try:
-                    rle = _to_rle(seg, height, width)
-                except Exception as error:  # pycocotools raises bare exceptions on corrupt input
-                    raise self._fail(f"annotation {ann_id} (video {vid}) frame {index}", f"undecodable segmentation ({error})") from None
-                if not _rle_is_valid(rle):
-                    raise self._fail(f"annotation {ann_id} (video {vid}) frame {index}", "undecodable RLE")
-                rles.append(rle)
-            by_video[vid].append(Instance(int(ann_id), int(ann["category_id"]), bool(ann.get("iscrowd", 0)), tuple(rles)))
-        return [
-            Video(vid, m["height"], m["width"], tuple(frames_dir / n for n in m["names"]), tuple(by_video[vid]))
-            for vid, m in meta.items()
-        ]
+        self.annotations = Annotations(self.root / "annotations" / f"instances_{split}.json")
+        self.categories = self.annotations.categories
+        self.sha256 = self.annotations.sha256
+        frames_dir = self.root / split / "JPEGImages"
+        self.videos = []
+        for vid, meta in self.annotations.videos.items():
+            paths = tuple(frames_dir / name for name in meta["file_names"])
+            for index, path in enumerate(paths):
+                if not path.is_file():
+                    raise self.annotations.fail(f"video {vid} frame {index}", f"file {path} is missing")
+            self.videos.append(Video(vid, meta["height"], meta["width"], paths, tuple(self.annotations.instances[vid])))
 
     def ground_truth(self) -> dict[str, Any]:
-        """The annotation dict with every segmentation as compressed RLE (for the evaluator)."""
-        annotations = []
-        for video in self.videos:
-            for inst in video.instances:
-                areas = [None if r is None else float(mask_utils.area({"size": r["size"], "counts": r["counts"].encode()}))
-                         for r in inst.rles]
-                annotations.append({"id": inst.id, "video_id": video.id, "category_id": inst.category_id,
-                                    "iscrowd": int(inst.iscrowd), "segmentations": list(inst.rles), "areas": areas})
-        videos = [{"id": v.id, "height": v.height, "width": v.width, "length": len(v)} for v in self.videos]
-        categories = [{"id": k, "name": n} for k, n in self.categories.items()]
-        return {"videos": videos, "annotations": annotations, "categories": categories}
+        """See ``Annotations.ground_truth``."""
+        return self.annotations.ground_truth()

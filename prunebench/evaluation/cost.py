@@ -9,7 +9,7 @@ import torch
 from prunebench.errors import ConfigError
 from prunebench.evaluation.accounting import TokenAccountant
 from prunebench.evaluation.flops import backbone_cost
-from prunebench.models.params import as_dict
+from prunebench.typed import to_dict
 from prunebench.models.vit import check_image_size, create_backbone
 
 MAC_UNIT = "GMACs (multiply-accumulates, fvcore convention; GFLOPs = 2 x GMACs)"
@@ -49,7 +49,7 @@ def measure_flops(
     return {
         "backbone": backbone,
         "method": method,
-        "params": as_dict(model.method.params),
+        "params": to_dict(model.method.params),
         "img_size": list(img_size),
         "unit": MAC_UNIT,
         "frames": accountant.frames,

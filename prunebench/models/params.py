@@ -7,87 +7,20 @@ unknown names; each dataclass's ``validate`` then checks ranges against the back
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prunebench.errors import ConfigError
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    if origin is tuple:
-        return f"a list of {_describe(typing.get_args(hint)[0])}"
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    return getattr(hint, "__name__", str(hint))
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """Return ``value`` converted to ``hint`` or raise TypeError."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            try:
-                return _coerce(value, option)
-            except TypeError:
-                continue
-        raise TypeError
-    if hint is type(None):
-        if value is None:
-            return None
-        raise TypeError
-    if origin is typing.Literal:
-        if value in typing.get_args(hint):
-            return value
-        raise TypeError
-    if origin is tuple:
-        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-            raise TypeError
-        item = typing.get_args(hint)[0]
-        return tuple(_coerce(v, item) for v in value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise TypeError
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise TypeError
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise TypeError
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise TypeError
-    raise TypeError
+from prunebench.typed import build_dataclass
 
 
 def parse_params(method: str, params_cls: type, raw: Mapping[str, Any] | None, depth: int) -> Any:
     """Build and validate ``params_cls`` from ``raw``; raise ConfigError on the first bad entry."""
-    raw = dict(raw or {})
-    hints = typing.get_type_hints(params_cls)
-    names = [f.name for f in dataclasses.fields(params_cls)]
-    values = {}
-    for key, value in raw.items():
-        if key not in hints:
-            allowed = ", ".join(names) if names else "none"
-            raise ConfigError(f"unknown parameter '{key}' for method '{method}'; allowed: {allowed}")
-        try:
-            values[key] = _coerce(value, hints[key])
-        except TypeError:
-            raise ConfigError(
-                f"{method}: {key}={value!r} has the wrong type; allowed: {_describe(hints[key])}"
-            ) from None
-    params = params_cls(**values)
+    params = build_dataclass(
+        params_cls, raw or {},
+        unknown=lambda key, allowed: f"unknown parameter '{key}' for method '{method}'; allowed: {allowed}",
+        wrong=lambda key, value, expected: f"{method}: {key}={value!r} has the wrong type; allowed: {expected}",
+    )
     params.validate(method, depth)
     return params
 
@@ -120,12 +53,3 @@ def check_positions(method: str, name: str, positions: Sequence[int], depth: int
             f"{method}: {name}={list(positions)} is not strictly increasing; "
             "allowed: sorted block indices without repeats"
         )
-
-
-def as_dict(params: Any) -> dict[str, Any]:
-    """Plain-dict view of a params dataclass (tuples as lists), for logging and JSON."""
-    out = {}
-    for f in dataclasses.fields(params):
-        v = getattr(params, f.name)
-        out[f.name] = list(v) if isinstance(v, tuple) else v
-    return out

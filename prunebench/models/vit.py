@@ -244,3 +244,29 @@ def create_backbone(
     """Build a PrunableViT with a registered pruning method (parameters validated)."""
     _, dim, _, depth = backbone_spec(backbone)
     return PrunableViT(backbone, build_method(method, params, dim, depth), drop_path_rate=drop_path_rate)
+
+
+def load_timm_weights(model: PrunableViT, path: str) -> None:
+    """Load a local timm ViT checkpoint (safetensors or a torch file) into the backbone.
+
+    The class token, its position-embedding entry and the classifier are dropped; position
+    embeddings are kept on their own grid and resized at run time. Read with
+    ``weights_only=True`` (no pickled code).
+    """
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(path) if str(path).endswith(".safetensors") else torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: pretrained weights not found") from None
+    except Exception as error:  # torch/safetensors raise several types on a bad file
+        raise ConfigError(f"{path}: cannot read pretrained weights ({error})") from None
+    state = state.get("model", state) if isinstance(state, dict) else state
+    state = {k: v for k, v in state.items() if not k.startswith(("head.", "cls_token", "fc_norm."))}
+    pos = state.get("pos_embed")
+    grid = model.vit.patch_embed.grid_size
+    if pos is not None and pos.shape[1] == grid[0] * grid[1] + 1:
+        state["pos_embed"] = pos[:, 1:]
+    missing, unexpected = model.vit.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"{path}: not a {model.backbone_name} checkpoint (missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -79,12 +79,140 @@ def _run_flops(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config value, e.g. --set train.steps=50 (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    from prunebench.data.synth import SynthSpec
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    p = data.add_parser("synth", help="write a synthetic YouTube-VIS-format dataset (train + valid)",
+                        description="Write synthetic videos in the YouTube-VIS layout; the same arguments give byte-identical files.")
+    defaults = SynthSpec()
+    p.add_argument("out", help="output folder (must be new or empty, unless --overwrite)")
+    p.add_argument("--videos", type=int, default=defaults.videos, help="train videos")
+    p.add_argument("--valid-videos", type=int, default=defaults.valid_videos)
+    p.add_argument("--frames", type=int, default=defaults.frames, help="frames per video")
+    p.add_argument("--height", type=int, default=defaults.height)
+    p.add_argument("--width", type=int, default=defaults.width)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--scene-cut-prob", type=float, default=defaults.scene_cut_prob)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> dict[str, Any]:
+    from prunebench.data.synth import SynthSpec, generate
+
+    spec = SynthSpec(videos=args.videos, valid_videos=args.valid_videos, frames=args.frames, height=args.height,
+                     width=args.width, seed=args.seed, scene_cut_prob=args.scene_cut_prob)
+    return generate(args.out, spec, overwrite=args.overwrite)
+
+
+def _add_metrics(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("metrics", help="score a YouTube-VIS results file",
+                       description="Video AP (YouTube-VIS rules) and frame-level COCO mAP of RESULTS against GT; percent, null = undefined.")
+    p.add_argument("gt", metavar="GT.json", help="YouTube-VIS annotation file")
+    p.add_argument("results", metavar="RESULTS.json", help="results in the official format (a list of tracks)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_run_metrics)
+
+
+def _run_metrics(args: argparse.Namespace) -> dict[str, Any]:
+    from prunebench.data.ytvis import Annotations
+    from prunebench.evaluation.vis_metrics import check_results, score_results
+
+    gt = Annotations(args.gt).ground_truth()
+    try:
+        results = json.loads(open(args.results, "rb").read())
+    except FileNotFoundError:
+        raise ConfigError(f"{args.results}: results file not found") from None
+    except ValueError as error:
+        raise ConfigError(f"{args.results}: not readable JSON ({error})") from None
+    check_results(results, gt, source=args.results)
+    return score_results(gt, results)
+
+
+def _add_training(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="dense training (stage 1 of the protocol)")
+    _add_config_args(p)
+    p.add_argument("--out", default=None, help="checkpoint path (default: <out>/dense.safetensors)")
+    p.set_defaults(handler=_run_train, stage="train")
+    p = sub.add_parser("finetune", help="sparse fine-tuning of the configured method from a dense checkpoint")
+    _add_config_args(p)
+    p.add_argument("--from", dest="init", required=True, metavar="CKPT", help="the dense checkpoint")
+    p.add_argument("--out", default=None, help="checkpoint path (default: <out>/<method>.safetensors)")
+    p.set_defaults(handler=_run_train, stage="finetune")
+
+
+def _run_train(args: argparse.Namespace) -> dict[str, Any]:
+    from prunebench.config import load_config
+    from prunebench.training.protocol import run_stage
+
+    config = load_config(args.config, parse_assignments(args.overrides))
+    name = "dense" if args.stage == "train" else config.method.name
+    out = args.out or f"{config.out}/{name}.safetensors"
+    checkpoint = run_stage(config, args.stage, out, init_checkpoint=getattr(args, "init", None))
+    return {"checkpoint": str(checkpoint), "mlflow_run_id": None}
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="full evaluation of a checkpoint; writes results.json and metrics.json")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--out", default=None, help="folder for results.json / metrics.json (default: <out>/eval/<method>)")
+    p.add_argument("--no-timing", action="store_true", help="skip the FPS measurement")
+    p.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from prunebench.config import load_config
+    from prunebench.training.protocol import evaluate_checkpoint
+
+    config = load_config(args.config, parse_assignments(args.overrides))
+    return evaluate_checkpoint(config, args.checkpoint, args.out, timing=not args.no_timing)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job on embedded defaults: synthetic data, dense training, every method at 55 %% and 40 %% PKR, evaluation, table",
+                       description="Generate synthetic videos, train the dense model, fine-tune VPP, DynamicViT, TPS and SViT "
+                                   "at target PKR 0.55 and 0.40 from it, evaluate everything and print the table.")
+    p.add_argument("--out", default="prunebench-out/demo", help="output folder (data, checkpoints, evaluations)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a value of the embedded demo preset, e.g. --set train.steps=100")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
+    from prunebench.config import load_config
+    from prunebench.models.presets import PKR_TARGETS, pruning_methods
+    from prunebench.training.protocol import format_table, protocol_variants, run_protocol
+
+    overrides = {"out": args.out, "data.root": f"{args.out}/data", **parse_assignments(args.overrides)}
+    config = load_config("demo", overrides)
+    rows = run_protocol(config, protocol_variants(pruning_methods(), PKR_TARGETS))
+    table = format_table(rows)
+    print(table, file=sys.stderr if args.json else sys.stdout)
+    return {"leaderboard": rows, "report": None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line parser."""
     parser = _Parser(prog="prunebench", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"prunebench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_data(sub)
     _add_flops(sub)
+    _add_metrics(sub)
+    _add_training(sub)
+    _add_eval(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -108,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.json:
         print(json.dumps(result))
-    else:
+    elif args.command != "demo":
         _print_human(result)
     return 0
 

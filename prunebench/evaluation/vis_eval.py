@@ -1,0 +1,186 @@
+"""Full evaluation of a VIS model on a split: the numbers every leaderboard row comes from.
+
+One pass over the videos in order (batch 1, temporal state carried, reset per video, selector
+noise seeded) produces the tracks (``results.json``, official format), PKR / per-block keep, IoI
+and the backbone's GMACs per frame (counted on the executed graph). A second pass times the
+backbone and the whole model (backbone + pyramid + head + tracker step) per frame: fixed threads,
+warm-up frames, median over ≥ ``timing_frames`` frames; CUDA events on a GPU.
+
+IoI (paper Eq. 9): for every non-crowd ground-truth instance and every frame it is present in, the
+fraction of its patches that enter each block, averaged over blocks, then over the instance's
+frames, then over instances. A patch belongs to the instance if **any** pixel of its (resized,
+padded) mask falls inside the 16×16 patch. S/M/L use the YouTube-VIS ranges (128², 256²) on the
+instance's mean area at the video's resolution; a bucket without instances is None.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
+
+from prunebench.config import EvalConfig
+from prunebench.data.pipeline import content_size, prepare_masks, video_frames
+from prunebench.data.ytvis import Video, YTVISDataset
+from prunebench.evaluation.accounting import TokenAccountant
+from prunebench.evaluation.flops import backbone_cost
+from prunebench.evaluation.vis_metrics import VIDEO_AREA_RANGES, score_results
+from prunebench.models.tracker import QueryTracker
+from prunebench.models.vis_model import VISModel
+from prunebench.models.vit import PATCH_SIZE, create_backbone
+
+
+def _patches(masks: torch.Tensor) -> torch.Tensor:
+    """``(n, Hp, Wp)`` float masks → ``(n, N)`` bool: patches touched by any pixel."""
+    return F.max_pool2d(masks[:, None], PATCH_SIZE).flatten(1) > 0
+
+
+class IoIMeter:
+    """Accumulates IoI per instance, then averages overall and per size bucket."""
+
+    def __init__(self) -> None:
+        self._per_instance: dict[tuple[int, int], list[float]] = defaultdict(list)
+        self._area: dict[tuple[int, int], float] = {}
+
+    def update(self, key: tuple[int, int], patches: torch.Tensor, block_keep: torch.Tensor, area: float) -> None:
+        """One instance in one frame: ``patches`` (N,) bool, ``block_keep`` (depth, N)."""
+        if not bool(patches.any()):
+            return
+        inside = block_keep[:, patches].float().mean(dim=1)  # per block: kept fraction of the instance
+        self._per_instance[key].append(float(inside.mean()))
+        self._area[key] = area
+
+    def result(self) -> dict[str, float | None]:
+        """IoI in percent, overall and per S/M/L."""
+        buckets: dict[str, list[float]] = {"all": [], "S": [], "M": [], "L": []}
+        for key, values in self._per_instance.items():
+            value = float(np.mean(values)) * 100.0
+            buckets["all"].append(value)
+            for name, (low, high) in zip(("S", "M", "L"), VIDEO_AREA_RANGES[1:]):
+                if low <= self._area[key] < high:
+                    buckets[name].append(value)
+        return {k: (float(np.mean(v)) if v else None) for k, v in buckets.items()}
+
+
+class _Timer:
+    """Milliseconds of a call: perf_counter on CPU, CUDA events on a GPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], Any]) -> tuple[float, Any]:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            result = fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end), result
+        begin = time.perf_counter()
+        result = fn()
+        return (time.perf_counter() - begin) * 1e3, result
+
+
+def _timing(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_size: int | None,
+            device: torch.device) -> dict[str, float]:
+    timer, generator = _Timer(device), torch.Generator(device=device).manual_seed(config.seed)
+    needed = config.warmup_frames + config.timing_frames
+    backbone_ms, model_ms = [], []
+    tracker = QueryTracker(config.top_k)
+    while len(model_ms) < needed:  # cycle through the videos until enough frames were timed
+        for video in dataset.videos:
+            state = None
+            tracker.reset()
+            for image in video_frames(video, max_size):
+                image = image.to(device)
+                ms, out = timer(lambda: model.backbone(image, state=state, generator=generator))
+                backbone_ms.append(ms)
+
+                def whole() -> Any:
+                    frame = model(image, state=state, generator=generator)
+                    tracker.step(frame.class_logits[0], frame.mask_logits[0], frame.query_embeddings[0])
+                    return frame
+
+                ms, frame = timer(whole)
+                model_ms.append(ms)
+                state = frame.backbone.state
+                if len(model_ms) >= needed:
+                    break
+            if len(model_ms) >= needed:
+                break
+    skip = config.warmup_frames
+    b, m = statistics.median(backbone_ms[skip:]), statistics.median(model_ms[skip:])
+    return {"latency_backbone_ms": b, "latency_model_ms": m, "fps_backbone": 1e3 / b, "fps_model": 1e3 / m,
+            "timed_frames": len(model_ms) - skip}
+
+
+def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_size: int | None = None,
+             device: str | torch.device = "cpu", timing: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score ``model`` on ``dataset``; return (metrics, results in the YouTube-VIS format)."""
+    device = torch.device(device)
+    torch.set_num_threads(config.threads)
+    model.eval()
+    category_ids = sorted(dataset.categories)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    tracker, accountant, ioi = QueryTracker(config.top_k), TokenAccountant(), IoIMeter()
+    dense = create_backbone(model.backbone.backbone_name, "dense").to(device).eval()
+    dense_gmacs: dict[tuple[int, int], float] = {}
+    results, gmacs = [], []
+    with torch.inference_mode():
+        for video in dataset.videos:
+            state, areas = None, _mean_areas(video)
+            for t, image in enumerate(video_frames(video, max_size)):
+                image = image.to(device)
+                cost = backbone_cost(model.backbone, image, state=state, generator=generator)
+                backbone_out = cost.output
+                state = backbone_out.state
+                frame = model.decode(image, backbone_out)
+                tracker.step(frame.class_logits[0], frame.mask_logits[0], frame.query_embeddings[0])
+                accountant.update(backbone_out.block_keep)
+                gmacs.append(cost.gmacs)
+                size = tuple(image.shape[-2:])
+                if size not in dense_gmacs:
+                    dense_gmacs[size] = backbone_cost(dense, image).gmacs
+                _update_ioi(ioi, video, t, backbone_out.block_keep[:, 0].cpu(), max_size, areas)
+            results += tracker.finish(video.id, content_size(video.height, video.width, max_size),
+                                      (video.height, video.width), category_ids)
+        metrics: dict[str, Any] = score_results(dataset.ground_truth(), results)
+        metrics.update({
+            "pkr": accountant.pkr,
+            "per_block_keep": accountant.per_block_keep,
+            "ioi": ioi.result(),
+            "gmacs": float(np.mean(gmacs)),
+            "gmacs_dense": float(np.mean([dense_gmacs[s] for s in dense_gmacs])),
+            "frames": accountant.frames,
+            "seed": config.seed,
+            "unit_gmacs": "backbone GMACs per frame (multiply-accumulates; GFLOPs = 2 x GMACs)",
+        })
+        if timing:
+            metrics.update(_timing(model, dataset, config, max_size, device))
+    return metrics, results
+
+
+def _mean_areas(video: Video) -> dict[int, float]:
+    """Each instance's mean non-empty area at the video's resolution."""
+    out = {}
+    for inst in video.instances:
+        areas = [float(mask_utils.area({"size": r["size"], "counts": r["counts"].encode()})) for r in inst.rles if r is not None]
+        out[inst.id] = float(np.mean(areas)) if areas else 0.0
+    return out
+
+
+def _update_ioi(meter: IoIMeter, video: Video, t: int, block_keep: torch.Tensor, max_size: int | None,
+                areas: dict[int, float]) -> None:
+    present = [inst for inst in video.instances if inst.rles[t] is not None and not inst.iscrowd]
+    if not present:
+        return
+    masks, _ = video.masks(t)  # the same instances, in the same order
+    for inst, patches in zip(present, _patches(prepare_masks(masks, max_size))):
+        meter.update((video.id, inst.id), patches, block_keep, areas[inst.id])

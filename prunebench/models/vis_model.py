@@ -1,0 +1,132 @@
+"""The VIS network: PrunableViT → simple pyramid → Mask2Former (transformers) per frame.
+
+The Mask2Former pixel decoder, masked-attention transformer decoder and loss (Hungarian
+matching, class + mask BCE + dice on sampled points) are transformers' own. Its backbone is
+replaced by a stand-in that returns the strides 4/8/16/32 maps a ViTDet-style simple pyramid
+builds from the PrunableViT's dense stride-16 map (environment.md §3b).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+from transformers.models.mask2former.modeling_mask2former import Mask2FormerPixelDecoder
+from transformers.utils import ModelOutput
+
+from prunebench.models.vit import BackboneOutput, PrunableViT
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Size of the Mask2Former head (defaults: a small head for CPU runs)."""
+
+    num_queries: int = 10
+    hidden_dim: int = 64
+    decoder_layers: int = 3
+    pixel_decoder_layers: int = 2
+    heads: int = 4
+    feedforward_dim: int = 256
+    train_points: int = 1024
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    no_object_weight: float = 0.1
+
+
+class SimplePyramid(nn.Module):
+    """ViTDet-style strides 4/8/16/32 from one stride-16 map (deconvolutions, 1x1 conv, pooling)."""
+
+    def __init__(self, dim: int, channels: int):
+        super().__init__()
+        self.s4 = nn.Sequential(
+            nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), nn.GroupNorm(1, dim // 2), nn.GELU(),
+            nn.ConvTranspose2d(dim // 2, channels, 2, stride=2),
+        )
+        self.s8 = nn.ConvTranspose2d(dim, channels, 2, stride=2)
+        self.s16 = nn.Conv2d(dim, channels, 1)
+        self.s32 = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(dim, channels, 1))
+        self.channels = [channels] * 4
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.s4(features), self.s8(features), self.s16(features), self.s32(features)
+
+
+class _PrecomputedFeatures(nn.Module):
+    """Stands in for Mask2Former's backbone: returns the maps handed to it just before the call."""
+
+    def __init__(self, channels: list[int]):
+        super().__init__()
+        self.channels = channels
+        self.maps: tuple[Tensor, ...] | None = None
+
+    def forward(self, pixel_values: Tensor) -> ModelOutput:
+        maps, self.maps = self.maps, None
+        if maps is None:
+            raise RuntimeError("VISModel must set the pyramid maps before calling Mask2Former")
+        return ModelOutput(feature_maps=maps)
+
+
+@dataclass
+class FrameOutput:
+    """Per-frame predictions of a batch, plus the backbone's output (keep masks, state)."""
+
+    class_logits: Tensor  # (B, Q, C + 1), last = no object
+    mask_logits: Tensor  # (B, Q, H/4, W/4)
+    query_embeddings: Tensor  # (B, Q, hidden)
+    backbone: BackboneOutput
+    task_loss: Tensor | None
+
+
+class VISModel(nn.Module):
+    """PrunableViT + pyramid + Mask2Former; one call = one frame of each stream in the batch."""
+
+    def __init__(self, backbone: PrunableViT, num_classes: int, head: HeadConfig = HeadConfig()):
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.pyramid = SimplePyramid(backbone.embed_dim, head.hidden_dim)
+        config = Mask2FormerConfig(
+            backbone_config=SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                                       out_features=["stage1", "stage2", "stage3", "stage4"]),
+            hidden_dim=head.hidden_dim, feature_size=head.hidden_dim, mask_feature_size=head.hidden_dim,
+            encoder_layers=head.pixel_decoder_layers, decoder_layers=head.decoder_layers,
+            num_attention_heads=head.heads, dim_feedforward=head.feedforward_dim,
+            encoder_feedforward_dim=head.feedforward_dim, num_queries=head.num_queries,
+            num_labels=num_classes, train_num_points=head.train_points, class_weight=head.class_weight,
+            mask_weight=head.mask_weight, dice_weight=head.dice_weight, no_object_weight=head.no_object_weight,
+        )
+        self.head = Mask2FormerForUniversalSegmentation(config)
+        pixel_module = self.head.model.pixel_level_module
+        pixel_module.encoder = _PrecomputedFeatures(self.pyramid.channels)
+        pixel_module.decoder = Mask2FormerPixelDecoder(config, feature_channels=self.pyramid.channels)
+
+    def forward(
+        self,
+        images: Tensor,
+        state: dict[str, Any] | None = None,
+        generator: torch.Generator | None = None,
+        targets: list[tuple[Tensor, Tensor]] | None = None,
+    ) -> FrameOutput:
+        """Predict one frame per stream. ``targets``: per sample (masks (n, H, W) float, labels (n,))."""
+        backbone_out = self.backbone(images, state=state, generator=generator)
+        return self.decode(images, backbone_out, targets)
+
+    def decode(self, images: Tensor, backbone_out: BackboneOutput,
+               targets: list[tuple[Tensor, Tensor]] | None = None) -> FrameOutput:
+        """Run the pyramid and Mask2Former on a backbone output."""
+        self.head.model.pixel_level_module.encoder.maps = self.pyramid(backbone_out.features)
+        kwargs = {}
+        if targets is not None:
+            kwargs = {"mask_labels": [m for m, _ in targets], "class_labels": [c for _, c in targets]}
+        out = self.head(pixel_values=images, **kwargs)
+        return FrameOutput(
+            class_logits=out.class_queries_logits,
+            mask_logits=out.masks_queries_logits,
+            query_embeddings=out.transformer_decoder_last_hidden_state,
+            backbone=backbone_out,
+            task_loss=out.loss,
+        )

@@ -1,0 +1,69 @@
+"""Checkpoints: safetensors weights with the run's metadata, written atomically.
+
+The metadata (a JSON string under the key ``prunebench``) holds the experiment config, the method,
+the seed, the step, the code version and the category ids, so a checkpoint alone says what it is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+import prunebench
+from prunebench.atomic import atomic_path
+from prunebench.errors import ConfigError
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the checkout, when there is one."""
+    here = Path(prunebench.__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{prunebench.__version__}+g{commit}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return prunebench.__version__
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write ``model``'s weights and ``meta`` to ``path`` (temp file + rename)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_model(model, str(tmp), metadata={"prunebench": json.dumps({**meta, "code_version": code_version()})})
+    return path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a checkpoint; ConfigError if it is not a prunebench checkpoint."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = (handle.metadata() or {}).get("prunebench")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: checkpoint not found") from None
+    except Exception as error:  # safetensors raises its own error types on a corrupt header
+        raise ConfigError(f"{path}: not a safetensors checkpoint ({error})") from None
+    if meta is None:
+        raise ConfigError(f"{path}: not a prunebench checkpoint (no 'prunebench' metadata)")
+    return json.loads(meta)
+
+
+def load_weights(path: str | Path, model: nn.Module, allow_missing_prefix: str | None = None) -> None:
+    """Load weights into ``model``; only parameters under ``allow_missing_prefix`` may be absent.
+
+    Fine-tuning loads a dense checkpoint into a model with a pruning method: the method's selectors
+    are new (they keep their initialisation), everything else must match exactly.
+    """
+    read_meta(path)
+    missing, unexpected = load_model(model, str(path), strict=False)
+    missing = [k for k in missing if not (allow_missing_prefix and k.startswith(allow_missing_prefix))]
+    if missing or unexpected:
+        problem = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ConfigError(f"{path}: weights do not fit this model ({problem}); was it trained with another backbone or head?")

@@ -1,0 +1,131 @@
+"""One training stage as a plain PyTorch loop (Ray Train wraps the same step in the platform).
+
+AdamW with parameter groups (backbone × ``backbone_lr_mult``, pruner × ``pruner_lr_mult``, head × 1;
+no weight decay on norms, biases, position and query embeddings), gradient clipping at
+``clip_norm``, step decay by ``gamma`` at ``milestones`` (fractions of the steps), optional linear
+warm-up. Each step runs a clip as a frame chain: the backbone state of frame t (VPP) is passed to
+frame t+1 without detaching; the loss is the mean over frames of Mask2Former's loss plus the
+method's sparsity loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from prunebench.config import OptimConfig
+from prunebench.data.pipeline import ClipBatch, ClipSampler, collate_clips
+from prunebench.models.vis_model import VISModel
+
+log = logging.getLogger(__name__)
+MAX_SKIPPED_STEPS = 10
+NO_DECAY_HINTS = ("norm", "bias", "pos_embed", "query", "level_embed")
+
+
+def param_groups(model: VISModel, optim: OptimConfig) -> list[dict]:
+    """AdamW groups: (backbone | pruner | head) × (decay | no decay)."""
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        part = "pruner" if name.startswith("backbone.method.") else "backbone" if name.startswith("backbone.") else "head"
+        decay = param.ndim > 1 and not any(h in name for h in NO_DECAY_HINTS)
+        groups.setdefault((part, decay), []).append(param)
+    mult = {"backbone": optim.backbone_lr_mult, "pruner": optim.pruner_lr_mult, "head": 1.0}
+    return [
+        {"params": params, "lr": optim.lr * mult[part], "weight_decay": optim.weight_decay if decay else 0.0, "name": f"{part}{'' if decay else '/no_decay'}"}
+        for (part, decay), params in groups.items()
+    ]
+
+
+def _lr_factor(step: int, optim: OptimConfig) -> float:
+    warm = min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0
+    decays = sum(step >= int(m * optim.steps) for m in optim.milestones)
+    return warm * optim.gamma**decays
+
+
+def _batches(loader: DataLoader, sampler: ClipSampler) -> Iterator[ClipBatch]:
+    while True:
+        yield from loader
+        sampler.epoch += 1
+
+
+@dataclass
+class StepMetrics:
+    """What one logged step reports."""
+
+    step: int
+    loss: float
+    task_loss: float
+    prune_loss: float
+    keep: float
+    lr: float
+    seconds_per_step: float
+
+
+def train_steps(
+    model: VISModel,
+    sampler: ClipSampler,
+    optim: OptimConfig,
+    seed: int,
+    device: torch.device,
+    start_step: int = 0,
+    optimizer_state: dict | None = None,
+    on_log: Callable[[StepMetrics], None] | None = None,
+    on_step: Callable[[int, torch.optim.Optimizer], None] | None = None,
+) -> torch.optim.Optimizer:
+    """Run steps ``start_step .. optim.steps - 1``; return the optimizer (for checkpoints)."""
+    groups = param_groups(model, optim)
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    loader = DataLoader(sampler, batch_size=optim.batch_size, shuffle=True, drop_last=len(sampler) >= optim.batch_size,
+                        collate_fn=collate_clips, generator=torch.Generator().manual_seed(seed))
+    sampler.epoch = start_step // max(1, len(loader))
+    batches = _batches(loader, sampler)
+    params = [p for g in groups for p in g["params"]]
+    model.train()
+    tic, skipped = time.perf_counter(), 0
+    for step in range(start_step, optim.steps):
+        batch = next(batches)
+        factor = _lr_factor(step, optim)
+        for g in optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * factor
+        frames = batch.frames.to(device)
+        state, task, prune, keep = None, 0.0, 0.0, 0.0
+        steps_t = frames.shape[1]
+        for t in range(steps_t):
+            targets = [(m.to(device), c.to(device)) for m, c in batch.targets[t]]
+            out = model(frames[:, t], state=state, targets=targets)
+            state = out.backbone.state
+            task = task + out.task_loss
+            prune = prune + out.backbone.loss
+            keep += float(out.backbone.block_keep.mean())
+        loss = (task + prune) / steps_t
+        task, prune = task.detach(), prune.detach()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.clip_norm)
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            skipped += 1
+            log.warning("step %d: non-finite loss or gradient (%s, %s); update skipped", step, float(loss.detach()), float(grad_norm))
+            if skipped > MAX_SKIPPED_STEPS:
+                raise FloatingPointError(f"more than {MAX_SKIPPED_STEPS} non-finite steps; lower the learning rate")
+            continue
+        optimizer.step()
+        if on_step is not None:
+            on_step(step, optimizer)
+        if on_log is not None and ((step + 1) % optim.log_every == 0 or step + 1 == optim.steps):
+            elapsed = time.perf_counter() - tic
+            tic = time.perf_counter()
+            on_log(StepMetrics(step + 1, float(loss.detach()), float(task) / steps_t, float(prune) / steps_t,
+                               keep / steps_t, optimizer.param_groups[0]["lr"], elapsed / optim.log_every))
+    return optimizer

@@ -1,0 +1,87 @@
+"""End to end on tiny synthetic data: train → fine-tune → eval for every method, through the CLI."""
+
+import json
+
+import pytest
+import yaml
+from safetensors import safe_open
+
+from prunebench.models.presets import params_for_target
+from prunebench.platform.cli import main
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"synth": {"videos": 2, "valid_videos": 1, "frames": 4, "height": 64, "width": 96, "seed": 0}},
+    "model": {"backbone": "vit_tiny", "head": {"num_queries": 4, "hidden_dim": 32, "decoder_layers": 1,
+                                               "pixel_decoder_layers": 1, "heads": 2, "feedforward_dim": 64,
+                                               "train_points": 256}},
+    "train": {"steps": 3, "batch_size": 2, "lr": 1e-4, "backbone_lr_mult": 1.0, "clip_norm": 1.0, "log_every": 1},
+    "finetune": {"steps": 2, "batch_size": 2, "lr": 1e-4, "clip_norm": 1.0, "log_every": 1},
+    "eval": {"timing_frames": 3, "warmup_frames": 1, "threads": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    config = {**TINY, "out": str(root / "runs"), "data": {**TINY["data"], "root": str(root / "data")}}
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return root, path
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+@pytest.fixture(scope="module")
+def dense(setup):
+    root, path = setup
+    code = main(["train", str(path), "--json"])
+    assert code == 0
+    return root / "runs" / "dense.safetensors"
+
+
+def test_dense_checkpoint_records_what_it_is(dense):
+    with safe_open(str(dense), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["prunebench"])
+    assert meta["method"] == "dense" and meta["seed"] == 0 and meta["code_version"]
+    assert meta["config"]["train"]["steps"] == 3 and meta["category_ids"] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["vpp", "dynamicvit", "tps", "svit"])
+def test_finetune_and_eval_every_method(setup, dense, capsys, method):
+    root, path = setup
+    params = params_for_target(method, 0.40)
+    sets = [f"method.name={method}", f"method.params={json.dumps(params)}"]
+    overrides = [a for s in sets for a in ("--set", s)]
+    trained = _run(capsys, ["finetune", str(path), "--from", str(dense), "--json", *overrides])
+    assert set(trained) >= {"checkpoint", "mlflow_run_id"}
+    metrics = _run(capsys, ["eval", str(path), "--checkpoint", trained["checkpoint"], "--json", *overrides])
+    for key in ("AP", "mAP_bbox", "mAP_segm", "pkr", "per_block_keep", "ioi", "gmacs", "fps_backbone", "fps_model"):
+        assert key in metrics, key
+    assert metrics["method"] == method and metrics["params"]["stochastic_inference" if method in ("vpp", "svit") else "positions"] is not None
+    assert 0 < metrics["pkr"] < 1 and len(metrics["per_block_keep"]) == 12
+    assert metrics["gmacs"] < metrics["gmacs_dense"]
+    results = json.loads((root / "runs" / "eval" / method / "results.json").read_text())
+    assert isinstance(results, list)
+    scored = _run(capsys, ["metrics", str(root / "data" / "annotations" / "instances_valid.json"),
+                           str(root / "runs" / "eval" / method / "results.json"), "--json"])
+    assert scored["AP"] == pytest.approx(metrics["AP"])
+
+
+def test_dense_eval_and_gt_scores_100(setup, dense, capsys):
+    root, path = setup
+    metrics = _run(capsys, ["eval", str(path), "--checkpoint", str(dense), "--no-timing", "--json"])
+    assert metrics["pkr"] == 1.0 and metrics["ioi"]["all"] == pytest.approx(100.0)
+    gt_path = root / "data" / "annotations" / "instances_valid.json"
+    gt = json.loads(gt_path.read_text())
+    perfect = [{"video_id": a["video_id"], "category_id": a["category_id"], "score": 1.0,
+                "segmentations": a["segmentations"]} for a in gt["annotations"]]
+    (root / "perfect.json").write_text(json.dumps(perfect))
+    assert _run(capsys, ["metrics", str(gt_path), str(root / "perfect.json"), "--json"])["AP"] == pytest.approx(100.0)
