@@ -20,9 +20,9 @@ import argparse
 import statistics
 import time
 
-import prunebench  # noqa: F401  (torchvision guard before timm)
 import torch
 
+import prunebench  # noqa: F401  (torchvision guard before timm)
 from prunebench.evaluation.accounting import TokenAccountant
 from prunebench.evaluation.flops import backbone_cost
 from prunebench.models import create_backbone

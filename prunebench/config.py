@@ -76,6 +76,7 @@ class EvalConfig:
 
     seed: int = 0
     top_k: int = 10
+    nms_iou: float = 0.7
     timing_frames: int = 30
     warmup_frames: int = 5
     threads: int = 2

@@ -1,8 +1,9 @@
 """Shared test setup: few threads (2-core CI machine), deterministic seeds."""
 
-import prunebench  # noqa: F401  (installs the torchvision guard before timm is imported)
 import pytest
 import torch
+
+import prunebench  # noqa: F401  (installs the torchvision guard before timm is imported)
 
 torch.set_num_threads(2)
 

@@ -3,7 +3,7 @@
 Nothing can be downloaded here, so the real readers and the whole pipeline are exercised on videos
 this module draws. They are not trivial: a textured background that pans slowly; 1–4 objects per
 video from 5 categories that differ in shape *and* texture (disk/solid, square/stripes,
-triangle/checker, ring/speckle, cross/dots), with random colours; smooth motion with rotation and
+triangle/checker, ring/speckle, cross/dots) and in hue (each category has its own colour range, jittered per instance); smooth motion with rotation and
 breathing scale; occlusion by depth order; objects that enter or leave mid-video; optional scene
 cuts (new background, objects jump; identities continue, as in the paper's §5.4).
 
@@ -130,11 +130,24 @@ class _Object:
     stop: int
 
 
-def _vivid(rng: np.random.Generator) -> np.ndarray:
-    rgb = rng.uniform(0, 60, size=3)
-    rgb[rng.integers(3)] = rng.uniform(200, 255)
-    rgb[rng.integers(3)] += rng.uniform(60, 140)
-    return np.clip(rgb, 0, 255).astype(np.float32)
+#: base hue (degrees) of each category; instances jitter around it
+CATEGORY_HUES = {1: 0.0, 2: 120.0, 3: 220.0, 4: 55.0, 5: 290.0}
+
+
+def _hsv(hue: float, saturation: float, value: float) -> np.ndarray:
+    h = (hue % 360.0) / 60.0
+    c = value * saturation
+    x = c * (1 - abs(h % 2 - 1))
+    rgb = [(c, x, 0), (x, c, 0), (0, c, x), (0, x, c), (x, 0, c), (c, 0, x)][int(h) % 6]
+    return (np.array(rgb) + (value - c)) * 255.0
+
+
+def _colors(rng: np.random.Generator, category: int) -> tuple[np.ndarray, np.ndarray]:
+    """A saturated main colour near the category's hue, and a contrasting texture colour."""
+    hue = CATEGORY_HUES[category] + rng.uniform(-18, 18)
+    main = _hsv(hue, rng.uniform(0.7, 1.0), rng.uniform(0.75, 1.0))
+    accent = _hsv(hue + rng.uniform(150, 210), rng.uniform(0.5, 1.0), rng.uniform(0.3, 0.9))
+    return main.astype(np.float32), accent.astype(np.float32)
 
 
 def _objects(rng: np.random.Generator, spec: SynthSpec) -> list[_Object]:
@@ -142,7 +155,7 @@ def _objects(rng: np.random.Generator, spec: SynthSpec) -> list[_Object]:
     short = min(spec.height, spec.width)
     objects = []
     for _ in range(count):
-        radius = float(rng.uniform(0.12, 0.24) * short)
+        radius = float(rng.uniform(0.15, 0.28) * short)
         start, stop = 0, spec.frames
         position = np.array([rng.uniform(radius, spec.width - radius), rng.uniform(radius, spec.height - radius)])
         speed = rng.uniform(0.4, 1.6) * short / 64
@@ -157,10 +170,11 @@ def _objects(rng: np.random.Generator, spec: SynthSpec) -> list[_Object]:
             position, velocity = entry - inward * start, inward
         elif spec.frames >= 6 and rng.random() < 0.2:  # leaves (is removed) mid-video
             stop = int(rng.integers(spec.frames // 2, spec.frames))
+        category = int(rng.integers(1, len(CATEGORIES) + 1))
         objects.append(_Object(
-            category=int(rng.integers(1, len(CATEGORIES) + 1)), radius=radius, position=position,
+            category=category, radius=radius, position=position,
             velocity=velocity, angle=float(rng.uniform(0, 2 * math.pi)), spin=float(rng.uniform(-0.08, 0.08)),
-            wobble=float(rng.uniform(0, 2 * math.pi)), colors=(_vivid(rng), _vivid(rng)),
+            wobble=float(rng.uniform(0, 2 * math.pi)), colors=_colors(rng, category),
             depth=float(rng.random()), start=start, stop=stop,
         ))
     return objects

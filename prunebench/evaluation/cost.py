@@ -9,8 +9,8 @@ import torch
 from prunebench.errors import ConfigError
 from prunebench.evaluation.accounting import TokenAccountant
 from prunebench.evaluation.flops import backbone_cost
-from prunebench.typed import to_dict
 from prunebench.models.vit import check_image_size, create_backbone
+from prunebench.typed import to_dict
 
 MAC_UNIT = "GMACs (multiply-accumulates, fvcore convention; GFLOPs = 2 x GMACs)"
 

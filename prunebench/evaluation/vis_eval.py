@@ -19,11 +19,13 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from prunebench.config import EvalConfig
@@ -31,6 +33,7 @@ from prunebench.data.pipeline import content_size, prepare_masks, video_frames
 from prunebench.data.ytvis import Video, YTVISDataset
 from prunebench.evaluation.accounting import TokenAccountant
 from prunebench.evaluation.flops import backbone_cost
+from prunebench.evaluation.plots import KeepExample
 from prunebench.evaluation.vis_metrics import VIDEO_AREA_RANGES, score_results
 from prunebench.models.tracker import QueryTracker
 from prunebench.models.vis_model import VISModel
@@ -93,7 +96,7 @@ def _timing(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_size
     timer, generator = _Timer(device), torch.Generator(device=device).manual_seed(config.seed)
     needed = config.warmup_frames + config.timing_frames
     backbone_ms, model_ms = [], []
-    tracker = QueryTracker(config.top_k)
+    tracker = QueryTracker(config.top_k, config.nms_iou)
     while len(model_ms) < needed:  # cycle through the videos until enough frames were timed
         for video in dataset.videos:
             state = None
@@ -121,18 +124,27 @@ def _timing(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_size
             "timed_frames": len(model_ms) - skip}
 
 
+@dataclass
+class Evaluation:
+    """What ``evaluate`` returns: metrics, official results, and keep masks of the first frames."""
+
+    metrics: dict[str, Any]
+    results: list[dict[str, Any]]
+    examples: list[KeepExample]
+
+
 def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_size: int | None = None,
-             device: str | torch.device = "cpu", timing: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Score ``model`` on ``dataset``; return (metrics, results in the YouTube-VIS format)."""
+             device: str | torch.device = "cpu", timing: bool = True, examples: int = 4) -> Evaluation:
+    """Score ``model`` on ``dataset`` (the keep masks of the first ``examples`` frames are kept)."""
     device = torch.device(device)
     torch.set_num_threads(config.threads)
     model.eval()
     category_ids = sorted(dataset.categories)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    tracker, accountant, ioi = QueryTracker(config.top_k), TokenAccountant(), IoIMeter()
+    tracker, accountant, ioi = QueryTracker(config.top_k, config.nms_iou), TokenAccountant(), IoIMeter()
     dense = create_backbone(model.backbone.backbone_name, "dense").to(device).eval()
     dense_gmacs: dict[tuple[int, int], float] = {}
-    results, gmacs = [], []
+    results, gmacs, kept_examples = [], [], []
     with torch.inference_mode():
         for video in dataset.videos:
             state, areas = None, _mean_areas(video)
@@ -149,6 +161,8 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
                 if size not in dense_gmacs:
                     dense_gmacs[size] = backbone_cost(dense, image).gmacs
                 _update_ioi(ioi, video, t, backbone_out.block_keep[:, 0].cpu(), max_size, areas)
+                if len(kept_examples) < examples:
+                    kept_examples.append(_example(video, t, backbone_out.block_keep[:, 0].cpu(), image.shape[-2:], max_size))
             results += tracker.finish(video.id, content_size(video.height, video.width, max_size),
                                       (video.height, video.width), category_ids)
         metrics: dict[str, Any] = score_results(dataset.ground_truth(), results)
@@ -164,7 +178,18 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
         })
         if timing:
             metrics.update(_timing(model, dataset, config, max_size, device))
-    return metrics, results
+    return Evaluation(metrics, results, kept_examples)
+
+
+def _example(video: Video, t: int, block_keep: torch.Tensor, size: torch.Size, max_size: int | None) -> KeepExample:
+    """Frame t resized and padded like the model input, with its ``(depth, h, w)`` keep masks."""
+    h, w = int(size[0]), int(size[1])
+    image = video.load_frame(t)
+    ch, cw = content_size(*image.shape[:2], max_size)
+    resized = np.asarray(Image.fromarray(image).resize((cw, ch)))
+    canvas = np.zeros((h, w, 3), dtype=np.uint8)
+    canvas[:ch, :cw] = resized
+    return KeepExample(canvas, block_keep.reshape(block_keep.shape[0], h // PATCH_SIZE, w // PATCH_SIZE).numpy())
 
 
 def _mean_areas(video: Video) -> dict[int, float]:

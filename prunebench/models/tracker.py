@@ -4,7 +4,8 @@ Frame t's query embeddings are matched to the previous frame's already-aligned e
 the Hungarian algorithm (scipy) on the cosine cost, and frame t's outputs are permuted so that a
 query slot means the same instance over time. At the end of the video each slot's class logits
 are averaged over frames; the top-k (slot, class) pairs by softmax probability become the video's
-tracks, with the slot's per-frame masks (logits > 0).
+tracks, with the slot's per-frame masks (logits > 0). Duplicates are removed by class-aware NMS on
+the tracks' spatio-temporal mask IoU (threshold ``nms_iou``, 0.7 as in ROVIS's tracker; 1.0 keeps all).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from torch import Tensor
 class QueryTracker:
     """Aligns per-frame Mask2Former queries over one video; call ``reset`` between videos."""
 
-    def __init__(self, top_k: int = 10):
+    def __init__(self, top_k: int = 10, nms_iou: float = 0.7):
         self.top_k = top_k
+        self.nms_iou = nms_iou
         self.reset()
 
     def reset(self) -> None:
@@ -60,9 +62,14 @@ class QueryTracker:
             return []
         probs = torch.softmax(torch.stack(self._logits).mean(0), dim=-1)[:, :-1]  # (Q, C)
         scores, flat = probs.flatten().topk(min(self.top_k, probs.numel()))
+        tubes = torch.stack(self._masks, dim=1) > 0  # (Q, T, h, w) at mask resolution
+        kept: list[tuple[int, int]] = []
         results = []
         for score, index in zip(scores.tolist(), flat.tolist()):
             slot, cls = divmod(index, probs.shape[1])
+            if any(c == cls and _tube_iou(tubes[slot], tubes[s]) > self.nms_iou for s, c in kept):
+                continue
+            kept.append((slot, cls))
             segmentations = [self._to_rle(m[slot], content_hw, output_hw) for m in self._masks]
             results.append({"video_id": video_id, "category_id": category_ids[cls], "score": score,
                             "segmentations": segmentations})
@@ -81,3 +88,9 @@ class QueryTracker:
             return None
         rle = mask_utils.encode(np.asfortranarray(mask.numpy().astype(np.uint8)))
         return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _tube_iou(a: Tensor, b: Tensor) -> float:
+    """Spatio-temporal IoU of two boolean mask tubes ``(T, h, w)``."""
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union > 0 else 0.0

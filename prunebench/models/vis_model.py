@@ -13,7 +13,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+from transformers import (
+    Mask2FormerConfig,
+    Mask2FormerForUniversalSegmentation,
+    SwinConfig,
+)
 from transformers.models.mask2former.modeling_mask2former import Mask2FormerPixelDecoder
 from transformers.utils import ModelOutput
 
@@ -103,6 +107,10 @@ class VISModel(nn.Module):
         pixel_module = self.head.model.pixel_level_module
         pixel_module.encoder = _PrecomputedFeatures(self.pyramid.channels)
         pixel_module.decoder = Mask2FormerPixelDecoder(config, feature_channels=self.pyramid.channels)
+        # a module built after the model was constructed misses transformers' weight init:
+        # without this its parameters are uninitialised memory (level_embed ~1e38, NaN offsets)
+        for module in pixel_module.decoder.modules():
+            self.head._init_weights(module)
 
     def forward(
         self,

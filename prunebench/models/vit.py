@@ -25,7 +25,12 @@ from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
 from prunebench.errors import ConfigError
-from prunebench.models.pruning import Candidates, FrameContext, PruningMethod, StageRecord
+from prunebench.models.pruning import (
+    Candidates,
+    FrameContext,
+    PruningMethod,
+    StageRecord,
+)
 from prunebench.models.registry import backbone_spec, build_method
 
 PATCH_SIZE = 16

@@ -26,7 +26,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunebench.errors import ConfigError
-from prunebench.models.params import check_block, check_positions, check_positive, check_ratio
+from prunebench.models.params import (
+    check_block,
+    check_positions,
+    check_positive,
+    check_ratio,
+)
 from prunebench.models.pruning import (
     Candidates,
     FrameContext,

@@ -138,27 +138,41 @@ def _run_metrics(args: argparse.Namespace) -> dict[str, Any]:
     return score_results(gt, results)
 
 
+def _add_platform_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db)")
+
+
 def _add_training(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="dense training (stage 1 of the protocol)")
-    _add_config_args(p)
-    p.add_argument("--out", default=None, help="checkpoint path (default: <out>/dense.safetensors)")
-    p.set_defaults(handler=_run_train, stage="train")
-    p = sub.add_parser("finetune", help="sparse fine-tuning of the configured method from a dense checkpoint")
-    _add_config_args(p)
-    p.add_argument("--from", dest="init", required=True, metavar="CKPT", help="the dense checkpoint")
-    p.add_argument("--out", default=None, help="checkpoint path (default: <out>/<method>.safetensors)")
-    p.set_defaults(handler=_run_train, stage="finetune")
+    for stage, text in (("train", "dense training (stage 1 of the protocol) on Ray Train"),
+                        ("finetune", "sparse fine-tuning of the configured method from a dense checkpoint, on Ray Train")):
+        p = sub.add_parser(stage, help=text, description=text + ". Reports metrics and a checkpoint every epoch; "
+                           "a dead worker resumes from the last one.")
+        _add_config_args(p)
+        _add_platform_args(p)
+        if stage == "finetune":
+            p.add_argument("--from", dest="init", required=True, metavar="CKPT", help="the dense checkpoint")
+        p.add_argument("--out", default=None, help="checkpoint path (default: <out>/<dense|method>.safetensors)")
+        p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
+        p.add_argument("--cpus-per-worker", type=int, default=None, help="CPUs (and torch threads) per worker (default: eval.threads)")
+        p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+        p.add_argument("--storage-path", default=None, help="Ray Train storage: a folder or URI (default: <out>/ray_results)")
+        p.add_argument("--max-failures", type=int, default=3, help="worker-group restarts allowed")
+        p.set_defaults(handler=_run_train, stage=stage)
 
 
 def _run_train(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.config import load_config
-    from prunebench.training.protocol import run_stage
+    from prunebench.platform.ray_train import Scaling
+    from prunebench.platform.runs import train_stage_logged
 
     config = load_config(args.config, parse_assignments(args.overrides))
-    name = "dense" if args.stage == "train" else config.method.name
-    out = args.out or f"{config.out}/{name}.safetensors"
-    checkpoint = run_stage(config, args.stage, out, init_checkpoint=getattr(args, "init", None))
-    return {"checkpoint": str(checkpoint), "mlflow_run_id": None}
+    if args.workers < 1 or (args.cpus_per_worker is not None and args.cpus_per_worker < 1):
+        raise ConfigError(f"--workers {args.workers} / --cpus-per-worker {args.cpus_per_worker}: allowed: integers >= 1")
+    scaling = Scaling(args.workers, args.gpu, args.cpus_per_worker or config.eval.threads)
+    return train_stage_logged(config, args.stage, args.out, getattr(args, "init", None), scaling, args.storage_path,
+                              args.address, args.tracking_uri, args.max_failures)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -167,15 +181,48 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--out", default=None, help="folder for results.json / metrics.json (default: <out>/eval/<method>)")
     p.add_argument("--no-timing", action="store_true", help="skip the FPS measurement")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db)")
     p.set_defaults(handler=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.config import load_config
-    from prunebench.training.protocol import evaluate_checkpoint
+    from prunebench.platform.runs import evaluate_logged
 
     config = load_config(args.config, parse_assignments(args.overrides))
-    return evaluate_checkpoint(config, args.checkpoint, args.out, timing=not args.no_timing)
+    return evaluate_logged(config, args.checkpoint, args.out, timing=not args.no_timing, tracking_uri=args.tracking_uri)
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="Ray Tune + Optuna study over a method's search space",
+                       description="Multi-objective study (maximise AP, minimise PKR or GMACs): every trial fine-tunes "
+                                   "from the dense checkpoint and evaluates; OptunaSearch (NSGA-II) with a persistent "
+                                   "storage, ASHA early stopping on the training loss, one MLflow child run per trial.")
+    p.add_argument("space", help="a search-space YAML, or a shipped one: vpp, dynamicvit, tps, svit")
+    p.add_argument("--config", default="demo", help="experiment preset or YAML (default: demo)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    p.add_argument("--from", dest="init", required=True, metavar="CKPT", help="the dense checkpoint")
+    p.add_argument("--num-samples", type=int, default=8)
+    p.add_argument("--objective", default="pkr", help="what to minimise beside maximising AP: pkr or gmacs")
+    p.add_argument("--name", default=None, help="study name = MLflow experiment (default: tune-<method>)")
+    p.add_argument("--resume", action="store_true", help="continue the study NAME whose driver died")
+    p.add_argument("--cpus-per-trial", type=int, default=1)
+    p.add_argument("--reports", type=int, default=4, help="training-loss reports per trial (ASHA rungs)")
+    _add_platform_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> dict[str, Any]:
+    from prunebench.config import load_config
+    from prunebench.platform.study import run_study
+    from prunebench.platform.tracking import resolve_tracking_uri
+
+    config = load_config(args.config, parse_assignments(args.overrides))
+    return run_study(args.space, config, args.init, resolve_tracking_uri(args.tracking_uri, config.out),
+                     num_samples=args.num_samples, objective=args.objective, name=args.name, resume=args.resume,
+                     address=args.address, cpus_per_trial=args.cpus_per_trial, reports=args.reports, seed=config.seed)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -185,21 +232,17 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="prunebench-out/demo", help="output folder (data, checkpoints, evaluations)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a value of the embedded demo preset, e.g. --set train.steps=100")
+    _add_platform_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from prunebench.config import load_config
-    from prunebench.models.presets import PKR_TARGETS, pruning_methods
-    from prunebench.training.protocol import format_table, protocol_variants, run_protocol
+    from prunebench.platform.runs import run_demo
 
-    overrides = {"out": args.out, "data.root": f"{args.out}/data", **parse_assignments(args.overrides)}
-    config = load_config("demo", overrides)
-    rows = run_protocol(config, protocol_variants(pruning_methods(), PKR_TARGETS))
-    table = format_table(rows)
-    print(table, file=sys.stderr if args.json else sys.stdout)
-    return {"leaderboard": rows, "report": None}
+    result = run_demo(args.out, parse_assignments(args.overrides), args.tracking_uri, args.address)
+    print(result.pop("table"), file=sys.stderr if args.json else sys.stdout)
+    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metrics(sub)
     _add_training(sub)
     _add_eval(sub)
+    _add_tune(sub)
     _add_demo(sub)
     return parser
 

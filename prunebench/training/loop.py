@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from prunebench.config import OptimConfig
 from prunebench.data.pipeline import ClipBatch, ClipSampler, collate_clips
@@ -50,15 +50,17 @@ def _lr_factor(step: int, optim: OptimConfig) -> float:
     return warm * optim.gamma**decays
 
 
-def _batches(loader: DataLoader, sampler: ClipSampler) -> Iterator[ClipBatch]:
+def _batches(loader: DataLoader, sampler: ClipSampler, shard: DistributedSampler | None) -> Iterator[ClipBatch]:
     while True:
+        if shard is not None:
+            shard.set_epoch(sampler.epoch)
         yield from loader
         sampler.epoch += 1
 
 
 @dataclass
 class StepMetrics:
-    """What one logged step reports."""
+    """What one finished step reports (``step`` counts from 1)."""
 
     step: int
     loss: float
@@ -66,7 +68,20 @@ class StepMetrics:
     prune_loss: float
     keep: float
     lr: float
-    seconds_per_step: float
+    seconds: float
+    skipped: bool = False
+
+
+def _average_gradients(params: list[nn.Parameter], world: int) -> None:
+    """All-reduce the gradients of every worker into their mean (one flat bucket)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.flatten() for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
 
 
 def train_steps(
@@ -77,24 +92,35 @@ def train_steps(
     device: torch.device,
     start_step: int = 0,
     optimizer_state: dict | None = None,
-    on_log: Callable[[StepMetrics], None] | None = None,
-    on_step: Callable[[int, torch.optim.Optimizer], None] | None = None,
+    on_step: Callable[[StepMetrics, torch.optim.Optimizer], None] | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> torch.optim.Optimizer:
-    """Run steps ``start_step .. optim.steps - 1``; return the optimizer (for checkpoints)."""
+    """Run steps ``start_step .. optim.steps - 1``; return the optimizer (for checkpoints).
+
+    With ``world > 1`` (inside a Ray Train worker group) each worker reads its shard of the clips,
+    starts from rank 0's weights and applies the mean gradient of all workers.
+    """
     groups = param_groups(model, optim)
     for g in groups:
         g["initial_lr"] = g["lr"]
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
-    loader = DataLoader(sampler, batch_size=optim.batch_size, shuffle=True, drop_last=len(sampler) >= optim.batch_size,
-                        collate_fn=collate_clips, generator=torch.Generator().manual_seed(seed))
-    sampler.epoch = start_step // max(1, len(loader))
-    batches = _batches(loader, sampler)
     params = [p for g in groups for p in g["params"]]
+    shard = DistributedSampler(sampler, num_replicas=world, rank=rank, shuffle=True, seed=seed) if world > 1 else None
+    if world > 1:
+        for p in params:
+            torch.distributed.broadcast(p.data, src=0)
+    loader = DataLoader(sampler, batch_size=optim.batch_size, shuffle=shard is None, sampler=shard,
+                        drop_last=len(sampler) >= optim.batch_size * world, collate_fn=collate_clips,
+                        generator=torch.Generator().manual_seed(seed))
+    sampler.epoch = start_step // max(1, len(loader))
+    batches = _batches(loader, sampler, shard)
     model.train()
-    tic, skipped = time.perf_counter(), 0
+    skipped = 0
     for step in range(start_step, optim.steps):
+        tic = time.perf_counter()
         batch = next(batches)
         factor = _lr_factor(step, optim)
         for g in optimizer.param_groups:
@@ -113,19 +139,41 @@ def train_steps(
         task, prune = task.detach(), prune.detach()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            _average_gradients(params, world)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.clip_norm)
-        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+        finite = bool(torch.isfinite(loss) and torch.isfinite(grad_norm))
+        if finite:
+            optimizer.step()
+        else:
             skipped += 1
             log.warning("step %d: non-finite loss or gradient (%s, %s); update skipped", step, float(loss.detach()), float(grad_norm))
             if skipped > MAX_SKIPPED_STEPS:
                 raise FloatingPointError(f"more than {MAX_SKIPPED_STEPS} non-finite steps; lower the learning rate")
-            continue
-        optimizer.step()
         if on_step is not None:
-            on_step(step, optimizer)
-        if on_log is not None and ((step + 1) % optim.log_every == 0 or step + 1 == optim.steps):
-            elapsed = time.perf_counter() - tic
-            tic = time.perf_counter()
-            on_log(StepMetrics(step + 1, float(loss.detach()), float(task) / steps_t, float(prune) / steps_t,
-                               keep / steps_t, optimizer.param_groups[0]["lr"], elapsed / optim.log_every))
+            on_step(StepMetrics(step + 1, float(loss.detach()), float(task) / steps_t, float(prune) / steps_t,
+                                keep / steps_t, optimizer.param_groups[0]["lr"], time.perf_counter() - tic,
+                                skipped=not finite), optimizer)
     return optimizer
+
+
+class LogEvery:
+    """An ``on_step`` callback that averages steps and hands the mean to ``emit`` every ``every`` steps."""
+
+    def __init__(self, every: int, last: int, emit: Callable[[StepMetrics], None]):
+        self.every, self.last, self.emit = every, last, emit
+        self._window: list[StepMetrics] = []
+
+    def __call__(self, metrics: StepMetrics, optimizer: torch.optim.Optimizer) -> None:
+        self._window.append(metrics)
+        if metrics.step % self.every == 0 or metrics.step == self.last:
+            self.emit(mean_metrics(self._window))
+            self._window = []
+
+
+def mean_metrics(window: list[StepMetrics]) -> StepMetrics:
+    """Mean of a window of steps (step and lr of the last one)."""
+    n = len(window)
+    return StepMetrics(window[-1].step, sum(m.loss for m in window) / n, sum(m.task_loss for m in window) / n,
+                       sum(m.prune_loss for m in window) / n, sum(m.keep for m in window) / n, window[-1].lr,
+                       sum(m.seconds for m in window) / n, skipped=any(m.skipped for m in window))

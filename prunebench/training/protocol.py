@@ -8,25 +8,27 @@ from __future__ import annotations
 
 import logging
 import random
-import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
-from prunebench.atomic import write_json
-from prunebench.config import ExperimentConfig, MethodConfig
+from prunebench.atomic import atomic_path, write_json
+from prunebench.config import ExperimentConfig, OptimConfig
 from prunebench.data.pipeline import ClipSampler
 from prunebench.data.synth import generate
 from prunebench.data.ytvis import YTVISDataset
+from prunebench.evaluation.plots import keep_mask_figure
 from prunebench.evaluation.vis_eval import evaluate
 from prunebench.models.presets import params_for_target
 from prunebench.models.vis_model import VISModel
 from prunebench.models.vit import create_backbone, load_timm_weights
 from prunebench.training.checkpoint import load_weights, read_meta, save_checkpoint
-from prunebench.training.loop import StepMetrics, train_steps
+from prunebench.training.loop import LogEvery, StepMetrics, train_steps
 from prunebench.typed import to_dict
 
 log = logging.getLogger(__name__)
@@ -56,17 +58,18 @@ def build_model(config: ExperimentConfig, num_classes: int, method: str, params:
     return VISModel(backbone, num_classes, config.model.head).to(config.device)
 
 
-def run_stage(
-    config: ExperimentConfig,
-    stage: str,
-    out: str | Path,
-    init_checkpoint: str | Path | None = None,
-    on_log: Any = None,
-) -> Path:
-    """Train one stage (``train``: dense from scratch/pretrained; ``finetune``: the method from a dense checkpoint).
+@dataclass
+class PreparedStage:
+    """Everything one training stage needs, built the same way for the plain loop and Ray Train."""
 
-    Returns the checkpoint written to ``out``.
-    """
+    model: VISModel
+    sampler: ClipSampler
+    optim: OptimConfig
+    meta: dict[str, Any]
+
+
+def prepare_stage(config: ExperimentConfig, stage: str, init_checkpoint: str | Path | None = None) -> PreparedStage:
+    """Seed, read and check the data, build the model (loading the dense checkpoint when fine-tuning)."""
     seed_everything(config.seed)
     train_set, _ = load_datasets(config)
     method, params = ("dense", {}) if stage == "train" else (config.method.name, config.method.params)
@@ -76,24 +79,39 @@ def run_stage(
         if meta.get("method") != "dense":
             log.warning("fine-tuning from a checkpoint of method %r, not a dense one", meta.get("method"))
         load_weights(init_checkpoint, model, allow_missing_prefix="backbone.method.")
-    optim = getattr(config, stage)
     # the dense model keeps no temporal state: its stage trains on single frames; fine-tuning
     # uses frame chains (num_ref + 1 frames) so that VPP learns across frames
     num_ref = 0 if stage == "train" else config.data.num_ref
     sampler = ClipSampler(train_set, num_ref, config.data.frame_range, config.data.max_size, config.data.flip,
                           seed=config.seed)
-
-    def report(metrics: StepMetrics) -> None:
-        log.info("%s %s step %d/%d loss %.3f (task %.3f, prune %.3f) keep %.3f lr %.2e %.2fs/step",
-                 stage, method, metrics.step, optim.steps, metrics.loss, metrics.task_loss, metrics.prune_loss,
-                 metrics.keep, metrics.lr, metrics.seconds_per_step)
-        if on_log is not None:
-            on_log(metrics)
-
-    train_steps(model, sampler, optim, config.seed, torch.device(config.device), on_log=report)
+    optim = getattr(config, stage)
     meta = {"config": to_dict(config), "stage": stage, "method": method, "params": params, "seed": config.seed,
-            "steps": optim.steps, "category_ids": sorted(train_set.categories), "dataset_sha256": train_set.sha256}
-    return save_checkpoint(out, model, meta)
+            "steps": optim.steps, "category_ids": sorted(train_set.categories), "dataset_sha256": train_set.sha256,
+            "init_checkpoint": None if init_checkpoint is None else str(init_checkpoint)}
+    return PreparedStage(model, sampler, optim, meta)
+
+
+def log_progress(stage: str, method: str, total: int) -> Callable[[StepMetrics], None]:
+    """A logger for ``LogEvery``: one line per window of steps."""
+
+    def emit(metrics: StepMetrics) -> None:
+        log.info("%s %s step %d/%d loss %.3f (task %.3f, prune %.3f) keep %.3f lr %.2e %.2fs/step",
+                 stage, method, metrics.step, total, metrics.loss, metrics.task_loss, metrics.prune_loss,
+                 metrics.keep, metrics.lr, metrics.seconds)
+
+    return emit
+
+
+def run_stage(config: ExperimentConfig, stage: str, out: str | Path, init_checkpoint: str | Path | None = None) -> Path:
+    """Train one stage in this process (``train``: dense; ``finetune``: the method from a dense checkpoint).
+
+    Returns the checkpoint written to ``out``.
+    """
+    prepared = prepare_stage(config, stage, init_checkpoint)
+    optim = prepared.optim
+    logger = LogEvery(optim.log_every, optim.steps, log_progress(stage, prepared.meta["method"], optim.steps))
+    train_steps(prepared.model, prepared.sampler, optim, config.seed, torch.device(config.device), on_step=logger)
+    return save_checkpoint(out, prepared.model, prepared.meta)
 
 
 def evaluate_checkpoint(config: ExperimentConfig, checkpoint: str | Path, out: str | Path | None = None,
@@ -110,12 +128,18 @@ def evaluate_checkpoint(config: ExperimentConfig, checkpoint: str | Path, out: s
         params.update(config.method.params)
     model = build_model(config, len(valid_set.categories), meta["method"], params)
     load_weights(checkpoint, model)
-    metrics, results = evaluate(model, valid_set, config.eval, config.data.max_size, config.device, timing=timing)
+    evaluation = evaluate(model, valid_set, config.eval, config.data.max_size, config.device, timing=timing)
+    metrics = evaluation.metrics
     folder = Path(out or Path(config.out) / "eval" / meta["method"])
-    metrics.update({"method": meta["method"], "params": params, "checkpoint": str(checkpoint),
+    resolved = to_dict(model.backbone.method.params)
+    metrics.update({"method": meta["method"], "params": resolved, "checkpoint": str(checkpoint),
                     "dataset_sha256": valid_set.sha256, "results": str(folder / "results.json")})
-    write_json(folder / "results.json", results)
+    write_json(folder / "results.json", evaluation.results)
     write_json(folder / "metrics.json", metrics)
+    with atomic_path(folder / "config.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    blocks = sorted({0, *model.backbone.method.positions, model.backbone.depth - 1})
+    keep_mask_figure(evaluation.examples, blocks, folder / "keep_masks.png", title=f"{meta['method']} {resolved}")
     return metrics
 
 
@@ -138,28 +162,6 @@ def protocol_variants(methods: list[str], targets: tuple[float, ...]) -> list[Va
     return [Variant("dense", None, {})] + [
         Variant(m, t, params_for_target(m, t)) for m in methods for t in targets
     ]
-
-
-def run_protocol(config: ExperimentConfig, variants: list[Variant], timing: bool = True) -> list[dict[str, Any]]:
-    """Dense training once, then fine-tune and evaluate every variant from that checkpoint.
-
-    Writes ``<out>/<label>.safetensors`` and ``<out>/eval/<label>/{results,metrics}.json``; returns
-    one metrics dict per variant (with ``label``, ``target``, ``wall_seconds``).
-    """
-    out = Path(config.out)
-    rows = []
-    begin = time.perf_counter()
-    dense = run_stage(config, "train", out / "dense.safetensors")
-    for variant in variants:
-        tic = time.perf_counter()
-        cfg = replace(config, method=MethodConfig(variant.method, variant.params))
-        checkpoint = dense if variant.method == "dense" else run_stage(cfg, "finetune", out / f"{variant.label}.safetensors", dense)
-        row = evaluate_checkpoint(cfg, checkpoint, out / "eval" / variant.label, timing=timing)
-        row.update({"label": variant.label, "target": variant.target, "wall_seconds": time.perf_counter() - tic})
-        rows.append(row)
-        log.info("%s: AP %.1f, PKR %.3f, %.3f GMACs", variant.label, row["AP"] or 0.0, row["pkr"], row["gmacs"])
-    log.info("protocol finished in %.0f s", time.perf_counter() - begin)
-    return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -1,0 +1,102 @@
+"""What the platform costs: Ray Train vs a bare PyTorch loop, and 1 vs 2 concurrent Tune trials.
+
+    python benchmarks/platform_overhead.py [--steps 40 --trials 8]
+
+1. The same dense training stage (model, data, seed, steps) in this process with the plain loop,
+   then through Ray Train (``TorchTrainer``, 1 worker with the same threads): seconds per step
+   (median inside the loop; mean per epoch for Ray, as its workers report it) and total wall time
+   including Ray's start-up.
+2. A sweep of ``--trials`` short DynamicViT fine-tune+eval trials (Ray Tune + Optuna) with 2 CPUs
+   per trial (1 concurrent) vs 1 CPU per trial (2 concurrent) on this 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import prunebench  # noqa: F401  (torchvision guard before timm)
+import ray
+import torch
+
+from prunebench.config import load_config
+from prunebench.platform.ray_train import Scaling, connect, train_on_ray
+from prunebench.platform.study import run_study
+from prunebench.platform.tracking import resolve_tracking_uri
+from prunebench.training.loop import train_steps
+from prunebench.training.protocol import load_datasets, prepare_stage, run_stage
+
+
+def config_for(root: Path, steps: int, threads: int):
+    return load_config("demo", {
+        "out": str(root / "runs"), "data.root": str(root / "data"),
+        "data.synth": {"videos": 8, "valid_videos": 2, "frames": 8, "height": 128, "width": 224, "seed": 0},
+        "train.steps": steps, "train.batch_size": 4, "train.log_every": 1000,
+        "finetune.steps": 10, "finetune.log_every": 1000,
+        "eval.threads": threads, "eval.timing_frames": 5, "eval.warmup_frames": 1,
+    })
+
+
+def bare(config) -> tuple[float, float]:
+    """(median seconds per step, total wall seconds) of the plain loop."""
+    begin = time.perf_counter()
+    prepared = prepare_stage(config, "train")
+    seconds: list[float] = []
+    train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, torch.device("cpu"),
+                on_step=lambda m, o: seconds.append(m.seconds))
+    return statistics.median(seconds[2:]), time.perf_counter() - begin
+
+
+def through_ray(config, threads: int) -> tuple[float, float]:
+    """(mean seconds per step over the reports, total wall seconds incl. Ray start-up) on Ray Train."""
+    begin = time.perf_counter()
+    connect(None, num_cpus=2)
+    result = train_on_ray(config, "train", Path(config.out) / "ray_dense.safetensors", scaling=Scaling(1, False, threads))
+    per_step = statistics.fmean(r["seconds_per_step"] for r in result.history)
+    wall = time.perf_counter() - begin
+    ray.shutdown()
+    return per_step, wall
+
+
+def sweep(config, dense: Path, trials: int, cpus_per_trial: int, name: str) -> float:
+    begin = time.perf_counter()
+    connect(None, num_cpus=2)
+    run_study("dynamicvit", config, dense, resolve_tracking_uri(None, config.out), num_samples=trials,
+              name=name, cpus_per_trial=cpus_per_trial, reports=2)
+    ray.shutdown()
+    return time.perf_counter() - begin
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        config = config_for(root, args.steps, args.threads)
+        load_datasets(config)
+        bare_step, bare_wall = bare(config)
+        ray_step, ray_wall = through_ray(config, args.threads)
+        print(f"\nTraining stage: {args.steps} steps of batch 4 at 128x224, vit_tiny + Mask2Former head, {args.threads} threads\n")
+        print("| path | s/step | step ratio (ray / bare) | wall s (incl. start-up) | wall ratio |")
+        print("|---|---:|---:|---:|---:|")
+        print(f"| bare PyTorch loop | {bare_step:.3f} | 1.00 | {bare_wall:.1f} | 1.00 |")
+        print(f"| Ray Train (1 worker) | {ray_step:.3f} | {ray_step / bare_step:.2f} | {ray_wall:.1f} | {ray_wall / bare_wall:.2f} |")
+        dense = run_stage(config, "train", root / "dense.safetensors")
+        one = sweep(config, dense, args.trials, 2, "sweep-1x2cpu")
+        two = sweep(config, dense, args.trials, 1, "sweep-2x1cpu")
+        print(f"\nSweep: {args.trials} DynamicViT trials (10 fine-tune steps + evaluation each)\n")
+        print("| concurrency | CPUs per trial | wall s | speedup vs 1 concurrent |")
+        print("|---|---:|---:|---:|")
+        print(f"| 1 | 2 | {one:.1f} | 1.00 |")
+        print(f"| 2 | 1 | {two:.1f} | {one / two:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

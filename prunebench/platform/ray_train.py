@@ -1,0 +1,152 @@
+"""Training stages on Ray Train (``TorchTrainer``, Train V2).
+
+The workers run the same loop as the plain protocol (``training.loop.train_steps``). Every epoch
+(one pass over the clips) and at the end, each worker reports its metrics and rank 0 attaches a
+checkpoint (weights + optimizer state + step). If a worker dies, Ray restarts the group
+(``FailureConfig``) and the workers resume from the latest reported checkpoint. The final weights
+are copied to the requested path as a regular prunebench checkpoint.
+
+Without an address a local Ray starts; ``--address`` / ``RAY_ADDRESS`` joins a cluster. Storage
+is a local folder or a URI (``s3://...``), given as ``storage_path``.
+
+Testing hook: ``PRUNEBENCH_FAULT_KILL_AT_STEP=k`` with ``PRUNEBENCH_FAULT_MARKER=<file>`` makes rank 0
+SIGKILL itself once, after step k (the marker records that it happened).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+
+from prunebench.atomic import atomic_path
+from prunebench.config import ExperimentConfig, load_config
+from prunebench.training.checkpoint import load_weights, read_meta, save_checkpoint
+from prunebench.training.loop import LogEvery, StepMetrics, train_steps
+from prunebench.training.protocol import log_progress, prepare_stage
+from prunebench.typed import to_dict
+
+log = logging.getLogger(__name__)
+WEIGHTS = "model.safetensors"
+OPTIMIZER = "optimizer.pt"
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How many Train workers, on what."""
+
+    workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join ``address`` / ``$RAY_ADDRESS``, or start a local Ray (2 CPUs here by default)."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def _worker(loop_config: dict[str, Any]) -> None:
+    config = load_config(loop_config["config"])
+    stage, threads = loop_config["stage"], loop_config["threads"]
+    torch.set_num_threads(threads)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    prepared = prepare_stage(config, stage, loop_config["init"])
+    model, optim = prepared.model, prepared.optim
+    start, optimizer_state = 0, None
+    resume = ray.train.get_checkpoint()
+    if resume is not None:
+        with resume.as_directory() as folder:
+            load_weights(Path(folder) / WEIGHTS, model)
+            optimizer_state = torch.load(Path(folder) / OPTIMIZER, map_location="cpu", weights_only=True)
+            start = read_meta(Path(folder) / WEIGHTS)["step"]
+        log.info("rank %d resumes at step %d", rank, start)
+    steps_per_epoch = max(1, len(prepared.sampler) // (optim.batch_size * world))
+    kill_at = int(os.environ.get("PRUNEBENCH_FAULT_KILL_AT_STEP", "0"))
+    marker = os.environ.get("PRUNEBENCH_FAULT_MARKER")
+    logger = LogEvery(optim.log_every, optim.steps, log_progress(stage, prepared.meta["method"], optim.steps))
+    window: list[StepMetrics] = []
+
+    def on_step(metrics: StepMetrics, optimizer: torch.optim.Optimizer) -> None:
+        logger(metrics, optimizer)
+        window.append(metrics)
+        if metrics.step % steps_per_epoch == 0 or metrics.step == optim.steps:
+            report = {"step": metrics.step, "epoch": metrics.step / steps_per_epoch,
+                      "loss": sum(m.loss for m in window) / len(window),
+                      "task_loss": sum(m.task_loss for m in window) / len(window),
+                      "prune_loss": sum(m.prune_loss for m in window) / len(window),
+                      "keep": sum(m.keep for m in window) / len(window), "lr": metrics.lr,
+                      "seconds_per_step": sum(m.seconds for m in window) / len(window)}
+            window.clear()
+            if rank == 0:
+                with tempfile.TemporaryDirectory() as folder:
+                    save_checkpoint(Path(folder) / WEIGHTS, model, {**prepared.meta, "step": metrics.step})
+                    torch.save(optimizer.state_dict(), Path(folder) / OPTIMIZER)
+                    ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
+            else:
+                ray.train.report(report)
+        if rank == 0 and kill_at and metrics.step == kill_at and marker and not Path(marker).exists():
+            Path(marker).write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train_steps(model, prepared.sampler, optim, config.seed + rank, torch.device(config.device), start_step=start,
+                optimizer_state=optimizer_state, on_step=on_step, rank=rank, world=world)
+
+
+@dataclass
+class StageResult:
+    """A finished Ray Train stage."""
+
+    checkpoint: Path
+    history: list[dict[str, Any]]
+    path: str
+
+
+def train_on_ray(
+    config: ExperimentConfig,
+    stage: str,
+    out: str | Path,
+    init_checkpoint: str | Path | None = None,
+    scaling: Scaling = Scaling(),
+    storage_path: str | None = None,
+    name: str | None = None,
+    max_failures: int = 3,
+) -> StageResult:
+    """Run one stage on a ``TorchTrainer``; copy the final weights to ``out`` atomically."""
+    storage = storage_path or str((Path(config.out) / "ray_results").resolve())
+    run_name = name or f"{config.name}-{stage}-{config.method.name if stage == 'finetune' else 'dense'}"
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"config": to_dict(config), "stage": stage, "threads": scaling.cpus_per_worker,
+                           "init": None if init_checkpoint is None else str(Path(init_checkpoint).resolve())},
+        scaling_config=ray.train.ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.use_gpu,
+                                               resources_per_worker={"CPU": scaling.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=storage,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {run_name} finished without a checkpoint")
+    with result.checkpoint.as_directory() as folder, atomic_path(out) as tmp:
+        shutil.copyfile(Path(folder) / WEIGHTS, tmp)
+    history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
+    return StageResult(Path(out), history, str(result.path))

@@ -1,0 +1,202 @@
+"""MLflow tracking through one writer.
+
+Every MLflow write of prunebench goes through ``Tracker``. On a SQLite store (the default,
+``sqlite:///<out>/mlflow.db``) each write holds an exclusive lock file beside the database, so any
+number of processes on the machine write one after another and SQLite never reports "database is
+locked"; a write that still meets a lock is retried with back-off. On an HTTP store
+(``MLFLOW_TRACKING_URI=http://...`` or ``--tracking-uri``) the server serialises, and no lock is
+taken. Ray workers never write: the driver (a Tune callback, or the command itself) does.
+
+Runs are created idempotently by tag (``prunebench.key``): a resumed study finds the parent and
+child runs it already made instead of making new ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+import prunebench
+
+T = TypeVar("T")
+KEY_TAG = "prunebench.key"
+PARENT_TAG = "mlflow.parentRunId"
+MAX_PARAM_LENGTH = 6000
+
+
+def resolve_tracking_uri(explicit: str | None, out: str | Path) -> str:
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<abs out>/mlflow.db``."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    path = Path(out).resolve() / "mlflow.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"lr": 1e-4}}`` → ``{"train.lr": "0.0001"}``; lists and None as JSON."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+            out[name] = text[:MAX_PARAM_LENGTH]
+    return out
+
+
+def hardware() -> dict[str, str]:
+    """What the numbers were measured on."""
+    info = {
+        "hardware.machine": platform.machine(),
+        "hardware.processor": platform.processor() or platform.machine(),
+        "hardware.cpus": str(os.cpu_count()),
+        "hardware.torch_threads": str(torch.get_num_threads()),
+        "hardware.torch": torch.__version__,
+        "hardware.gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+    return info
+
+
+def numeric_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The loggable numbers of a metrics dict: nested dicts flattened with ``_``, lists indexed."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, (int, float)):
+            out[name] = float(value)
+        elif isinstance(value, Mapping):
+            out.update(numeric_metrics(value, f"{name}_"))
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+            out.update({f"{name}_{i:02d}": float(v) for i, v in enumerate(value)})
+    return out
+
+
+class Tracker:
+    """The MLflow writer: experiments, idempotent runs, params, metrics, artifacts."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self._lock_path = self._sqlite_lock(uri)
+
+    @staticmethod
+    def _sqlite_lock(uri: str) -> Path | None:
+        if not uri.startswith("sqlite:///"):
+            return None
+        return Path(uri[len("sqlite:///"):] + ".lock")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self._lock_path is None:
+            yield
+            return
+        with open(self._lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _write(self, action: Callable[[], T], attempts: int = 8) -> T:
+        delay = 0.2
+        for attempt in range(attempts):
+            try:
+                with self._locked():
+                    return action()
+            except MlflowException as error:
+                if "locked" not in str(error).lower() or attempt == attempts - 1:
+                    raise
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def experiment(self, name: str) -> str:
+        """Id of experiment ``name`` (created if absent; artifacts beside a SQLite store)."""
+
+        def get_or_create() -> str:
+            found = self.client.get_experiment_by_name(name)
+            if found is not None:
+                return found.experiment_id
+            location = None
+            if self._lock_path is not None:
+                location = (self._lock_path.parent / "mlartifacts" / name).resolve().as_uri()
+            return self.client.create_experiment(name, artifact_location=location)
+
+        return self._write(get_or_create)
+
+    def find_run(self, experiment_id: str, key: str) -> str | None:
+        """The run tagged ``prunebench.key = key``, if any."""
+        runs = self.client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def run(self, experiment_id: str, key: str, name: str, parent: str | None = None,
+            tags: Mapping[str, str] | None = None) -> str:
+        """The run for ``key``: found if it exists (resume), else created (as a child of ``parent``)."""
+
+        def find_or_create() -> str:
+            existing = self.find_run(experiment_id, key)
+            if existing is not None:
+                self.client.update_run(existing, status="RUNNING")
+                return existing
+            all_tags = {KEY_TAG: key, "mlflow.runName": name, "prunebench.version": prunebench.__version__, **(tags or {})}
+            if parent:
+                all_tags[PARENT_TAG] = parent
+            return self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+
+        return self._write(find_or_create)
+
+    def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        """Log params (values must not change on resume; existing equal ones are skipped)."""
+        existing = self.client.get_run(run_id).data.params
+        items = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+        for start in range(0, len(items), 100):
+            batch = items[start:start + 100]
+            self._write(lambda: self.client.log_batch(run_id, params=batch))
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Log numeric metrics at ``step``."""
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(items), 500):
+            batch = items[start:start + 500]
+            self._write(lambda: self.client.log_batch(run_id, metrics=batch))
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Set tags on a run."""
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._write(lambda: self.client.log_batch(run_id, tags=items))
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        """Copy a file into the run's artifacts."""
+        self._write(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+
+    def end(self, run_id: str, ok: bool = True) -> None:
+        """Mark a run FINISHED (or FAILED)."""
+        status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
+        self._write(lambda: self.client.set_terminated(run_id, status=status))
+
+    def log_evaluation(self, run_id: str, metrics: Mapping[str, Any], folder: str | Path) -> None:
+        """Final metrics of an evaluation plus its files (results, metrics, config, keep-mask picture)."""
+        skip = {"frames", "seed", "timed_frames"}
+        self.log_metrics(run_id, {k: v for k, v in numeric_metrics(metrics).items() if k not in skip})
+        for name in ("metrics.json", "results.json", "config.yaml", "keep_masks.png"):
+            path = Path(folder) / name
+            if path.exists():
+                self.log_artifact(run_id, path)

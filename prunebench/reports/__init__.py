@@ -1,0 +1,1 @@
+"""Reports: Pareto fronts (and, later, the leaderboard and the HTML report)."""

@@ -1,0 +1,41 @@
+"""Shared set-up for the platform tests: a tiny experiment config and subprocess runners."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"synth": {"videos": 2, "valid_videos": 1, "frames": 4, "height": 64, "width": 96, "seed": 0}},
+    "model": {"backbone": "vit_tiny", "head": {"num_queries": 4, "hidden_dim": 32, "decoder_layers": 1,
+                                               "pixel_decoder_layers": 1, "heads": 2, "feedforward_dim": 64,
+                                               "train_points": 256}},
+    "train": {"steps": 3, "batch_size": 2, "lr": 1e-4, "backbone_lr_mult": 1.0, "clip_norm": 1.0, "log_every": 1},
+    "finetune": {"steps": 2, "batch_size": 2, "lr": 1e-4, "clip_norm": 1.0, "log_every": 1},
+    "eval": {"timing_frames": 3, "warmup_frames": 1, "threads": 1},
+}
+
+
+def write_config(root: Path, **sections) -> Path:
+    """A tiny config under ``root`` (data in root/data, outputs in root/runs)."""
+    config = {**TINY, "out": str(root / "runs"), "data": {**TINY["data"], "root": str(root / "data")}}
+    for key, value in sections.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def cli(args, env=None, timeout=600, check=True, **popen):
+    """Run ``prunebench ARGS`` in a fresh interpreter; return the parsed JSON (or the process)."""
+    done = subprocess.run([sys.executable, "-m", "prunebench.platform.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, **popen)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout)
+    return done

@@ -1,0 +1,87 @@
+"""A real 2-node Ray cluster on 127.0.0.1: `ray start` twice, `ray job submit` a sweep, check MLflow.
+
+Only the processes this test started are stopped (matched by its own Ray temp dir and ports), never
+with the machine-wide `ray stop`.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from platform_helpers import cli, write_config
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(tag: str, before: set[int]) -> None:
+    """Kill the Ray processes started by this test (those mentioning ``tag`` or new since ``before``)."""
+    victims = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if proc.info["pid"] not in before and ("ray" in cmd or tag in cmd) and proc.info["pid"] != os.getpid():
+            victims.append(proc)
+    for proc in victims:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(victims, timeout=15)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+def test_sweep_submitted_to_a_two_node_cluster(tmp_path):
+    root = tmp_path / "mn"
+    root.mkdir()
+    config = write_config(root, eval={"threads": 1, "timing_frames": 2, "warmup_frames": 1})
+    dense = cli(["train", config, "--json"])  # the dense checkpoint, on a local Ray of its own
+    temp_dir = Path("/tmp") / f"rmn{os.getpid()}"
+    gcs, dashboard = _port(), _port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    before = {p.pid for p in psutil.process_iter()}
+    try:
+        subprocess.run([BIN / "ray", "start", "--head", f"--port={gcs}", "--num-cpus=1", f"--temp-dir={temp_dir}",
+                        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
+                        "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
+        subprocess.run([BIN / "ray", "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--disable-usage-stats"],
+                       check=True, env=env, capture_output=True, timeout=180)
+        tracking = f"sqlite:///{root / 'runs' / 'mlflow.db'}"
+        entry = (f"{sys.executable} -m prunebench.platform.cli tune dynamicvit --config {config} "
+                 f"--from {dense['checkpoint']} --num-samples 2 --name multinode --address auto "
+                 f"--tracking-uri {tracking} --json")
+        submitted = subprocess.run([BIN / "ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
+                                    "--working-dir", str(root), "--", *entry.split()],
+                                   env=env, capture_output=True, text=True, timeout=900)
+        assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-2000:]
+        assert "SUCCEEDED" in submitted.stdout
+        client = MlflowClient(tracking)
+        experiment = client.get_experiment_by_name("multinode")
+        parent = client.search_runs([experiment.experiment_id], filter_string="tags.`prunebench.kind` = 'study'")
+        children = client.search_runs([experiment.experiment_id], filter_string="tags.`prunebench.kind` = 'eval'")
+        assert len(parent) == 1 and len(children) == 2
+        assert all(c.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for c in children)
+        assert len({c.data.tags["node_id"] for c in children}) == 2  # one trial on each node
+    finally:
+        _stop(str(temp_dir), before)
+        time.sleep(1)

@@ -1,0 +1,93 @@
+"""Ray Train fault tolerance and the resumable Tune + Optuna study (real Ray, real MLflow)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from platform_helpers import cli, write_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    root = tmp_path_factory.mktemp("platform")
+    config = write_config(root)
+    result = cli(["train", config, "--json"])
+    return root, config, result
+
+
+def test_train_reports_and_logs_to_mlflow(dense):
+    root, _, result = dense
+    client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["method"] == "dense"
+    for key in ("train.lr", "seed", "code_version", "dataset_sha256", "hardware.cpus"):
+        assert key in run.data.params, key
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
+
+
+def test_killed_train_worker_resumes_from_its_last_checkpoint(dense, tmp_path):
+    root, config, result = dense
+    marker = tmp_path / "killed"
+    # 2 videos x 4 frames, batch 2: 4 steps per epoch -> checkpoints at steps 4 and 8; killed after step 6
+    out = cli(["finetune", config, "--from", result["checkpoint"], "--set", "method.name=dynamicvit",
+               "--set", "finetune.steps=8", "--out", tmp_path / "ft.safetensors", "--json"],
+              env={"PRUNEBENCH_FAULT_KILL_AT_STEP": "6", "PRUNEBENCH_FAULT_MARKER": str(marker)})
+    assert marker.read_text() == "killed"  # the worker really died
+    client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    steps = [m.step for m in client.get_metric_history(out["mlflow_run_id"], "train_loss")]
+    assert steps == [4, 8]  # resumed at step 4: nothing was reported twice, the run finished
+    assert (tmp_path / "ft.safetensors").stat().st_size > 0
+
+
+def _finished_children(client, name):
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`prunebench.kind` = 'eval'")
+    return runs
+
+
+def test_study_resumes_after_its_driver_is_killed(dense):
+    root, config, result = dense
+    name = "resume-study"
+    args = [sys.executable, "-m", "prunebench.platform.cli", "tune", "dynamicvit", "--config", str(config),
+            "--from", result["checkpoint"], "--num-samples", "4", "--name", name, "--json"]
+    client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and driver.poll() is None:
+        if any(r.info.status == "FINISHED" for r in _finished_children(client, name)):
+            break
+        time.sleep(2)
+    assert driver.poll() is None, "the study finished before it could be interrupted"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    time.sleep(3)
+    resumed = cli(["tune", "dynamicvit", "--config", config, "--from", result["checkpoint"], "--num-samples", "4",
+                   "--name", name, "--resume", "--json"])
+    assert resumed["trials"] == 4
+    children = _finished_children(client, name)
+    trial_ids = [r.data.tags["trial_id"] for r in children]
+    assert len(trial_ids) == len(set(trial_ids)) == resumed["trials"]  # no trial lost, none twice
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert resumed["best"] and all("AP" in b and "pkr" in b for b in resumed["best"])
+
+
+def test_bad_study_arguments_exit_2(dense, tmp_path):
+    root, config, result = dense
+    done = cli(["tune", "dynamicvit", "--config", config, "--from", result["checkpoint"], "--objective", "fps"], check=False)
+    assert done.returncode == 2 and done.stderr.strip().endswith("allowed: pkr, gmacs")
+    space = tmp_path / "bad.yaml"
+    space.write_text("method: vpp\nparams:\n  kappa: {uniform: [0.5, 1.5]}\n")
+    done = cli(["tune", space, "--config", config, "--from", result["checkpoint"]], check=False)
+    assert done.returncode == 2 and "kappa=1.5" in done.stderr and done.stderr.count("\n") == 1
+    space.write_text("method: vpp\nparams:\n  kapa: {uniform: [0.5, 0.9]}\n")
+    done = cli(["tune", space, "--config", config, "--from", result["checkpoint"]], check=False)
+    assert done.returncode == 2 and "unknown parameter 'kapa'" in done.stderr
