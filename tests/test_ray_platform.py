@@ -29,7 +29,9 @@ def test_train_reports_and_logs_to_mlflow(dense):
     assert run.info.status == "FINISHED" and run.data.params["method"] == "dense"
     for key in ("train.lr", "seed", "code_version", "dataset_sha256", "hardware.cpus"):
         assert key in run.data.params, key
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
+    # 8 single frames, batch 2: an epoch is 4 steps, so a 3-step stage reports once, at its end
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [3]
+    assert result["epochs_reported"] == 1
 
 
 def test_killed_train_worker_resumes_from_its_last_checkpoint(dense, tmp_path):

@@ -8,6 +8,7 @@ and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -241,7 +242,7 @@ def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.platform.runs import run_demo
 
     result = run_demo(args.out, parse_assignments(args.overrides), args.tracking_uri, args.address)
-    print(result.pop("table"), file=sys.stderr if args.json else sys.stdout)
+    print(result.pop("table"), file=sys.stderr if args.json else sys.__stdout__, flush=True)
     return result
 
 
@@ -273,15 +274,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``prunebench`` console script."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    stdout = sys.stdout
     try:
-        result = args.handler(args)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the result (Ray prints notices)
+            result = args.handler(args)
     except ConfigError as error:
         print(f"prunebench {args.command}: error: {error}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result), file=stdout)
     elif args.command != "demo":
-        _print_human(result)
+        with contextlib.redirect_stdout(stdout):
+            _print_human(result)
     return 0
 
 
