@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: demo test install browser clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,11 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/prunebench demo
 
-test: $(VENV)/.installed
+# the report test renders report.html in Debian's headless chromium
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null)
+
+test: $(VENV)/.installed browser
 	$(BIN)/python -m pytest
 
 clean:

@@ -11,7 +11,9 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -226,6 +228,41 @@ def _run_tune(args: argparse.Namespace) -> dict[str, Any]:
                      address=args.address, cpus_per_trial=args.cpus_per_trial, reports=args.reports, seed=config.seed)
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="leaderboard + Pareto report from MLflow",
+                       description="Read the evaluation runs from MLflow once and write leaderboard.md, "
+                                   "leaderboard.parquet, Pareto-front PNGs (with hypervolumes), the per-block density "
+                                   "plot, the IoI table and one self-contained report.html.")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: all)")
+    p.add_argument("--out", required=True, help="folder for the report files")
+    p.add_argument("--targets", default="0.55,0.40", help="PKR target buckets, comma-separated")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> dict[str, Any]:
+    from prunebench.platform.tracking import resolve_tracking_uri
+    from prunebench.reports.report import write_report
+
+    try:
+        targets = tuple(float(t) for t in args.targets.split(","))
+    except ValueError:
+        raise ConfigError(f"--targets {args.targets}: allowed: comma-separated PKR fractions, e.g. 0.55,0.40") from None
+    if not all(0 < t < 1 for t in targets):
+        raise ConfigError(f"--targets {args.targets}: allowed: fractions in (0, 1)")
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None:
+        db = Path(args.out) / "mlflow.db"
+        if not db.exists():
+            raise ConfigError(f"no MLflow store: pass --tracking-uri or set MLFLOW_TRACKING_URI ({db} does not exist)")
+        uri = resolve_tracking_uri(None, args.out)
+    result = write_report(uri, args.out, args.experiment, targets)
+    print(result.pop("markdown"), file=sys.stderr if args.json else sys.__stdout__, flush=True)
+    return result
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job on embedded defaults: synthetic data, dense training, every method at 55 %% and 40 %% PKR, evaluation, table",
                        description="Generate synthetic videos, train the dense model, fine-tune VPP, DynamicViT, TPS and SViT "
@@ -257,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training(sub)
     _add_eval(sub)
     _add_tune(sub)
+    _add_report(sub)
     _add_demo(sub)
     return parser
 
@@ -283,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.json:
         print(json.dumps(result), file=stdout)
-    elif args.command != "demo":
+    elif args.command not in ("demo", "report"):
         with contextlib.redirect_stdout(stdout):
             _print_human(result)
     return 0

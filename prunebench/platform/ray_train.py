@@ -51,17 +51,31 @@ class Scaling:
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join ``address`` / ``$RAY_ADDRESS``, or start a local Ray (2 CPUs here by default)."""
+    """Join ``address`` / ``$RAY_ADDRESS``, or start a local Ray (all CPUs of this machine by default).
+
+    Worker output is forwarded to the driver's stderr, so training progress shows.
+    """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+
+
+def worker_logging() -> None:
+    """Inside a Ray worker: show prunebench's INFO lines (forwarded to the driver)."""
+    logger = logging.getLogger("prunebench")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _worker(loop_config: dict[str, Any]) -> None:
+    worker_logging()
     config = load_config(loop_config["config"])
     stage, threads = loop_config["stage"], loop_config["threads"]
     torch.set_num_threads(threads)

@@ -18,7 +18,6 @@ from typing import Any
 
 from ray import tune
 
-from prunebench.atomic import atomic_path
 from prunebench.config import ExperimentConfig, MethodConfig, load_config
 from prunebench.models.presets import PKR_TARGETS, pruning_methods
 from prunebench.platform.ray_train import Scaling, connect, train_on_ray
@@ -29,11 +28,11 @@ from prunebench.platform.tracking import (
     hardware,
     resolve_tracking_uri,
 )
+from prunebench.reports.report import write_report
 from prunebench.training.checkpoint import code_version, read_meta
 from prunebench.training.protocol import (
     Variant,
     evaluate_checkpoint,
-    format_table,
     load_datasets,
     protocol_variants,
 )
@@ -157,12 +156,12 @@ def run_demo(out: str, overrides: dict[str, Any], tracking_uri: str | None = Non
             rows.append({**metrics, "label": variant.label, "target": variant.target})
     order = {v.label: i for i, v in enumerate(variants)}
     rows[1:] = sorted(rows[1:], key=lambda r: order[r["label"]])
-    table = format_table(rows)
-    with atomic_path(Path(out) / "leaderboard.md") as tmp:
-        tmp.write_text(table + "\n")
+    tracker.end(parent)
+    report = write_report(uri, Path(out) / "report", experiment=config.name)
     seconds = time.perf_counter() - begin
     tracker.log_metrics(parent, {"wall_seconds": seconds, "variants": float(len(rows))})
-    tracker.end(parent)
-    log.info("[3/3] %d variants evaluated in %.0f s; MLflow: %s", len(rows), seconds, uri)
-    return {"leaderboard": rows, "table": table, "report": None, "mlflow_tracking_uri": uri,
-            "mlflow_experiment_id": experiment, "wall_seconds": seconds}
+    log.info("[3/3] %d variants evaluated in %.0f s; report: %s; MLflow: %s", len(rows), seconds,
+             Path(out) / "report" / "report.html", uri)
+    return {"leaderboard": rows, "table": report["markdown"], "report": str(Path(out) / "report" / "report.html"),
+            "report_files": report["files"], "mlflow_tracking_uri": uri, "mlflow_experiment_id": experiment,
+            "wall_seconds": seconds}

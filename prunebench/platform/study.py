@@ -33,7 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from prunebench.config import ExperimentConfig, MethodConfig, load_config
 from prunebench.errors import ConfigError
-from prunebench.platform.ray_train import connect
+from prunebench.platform.ray_train import connect, worker_logging
 from prunebench.platform.tracking import Tracker, flatten, hardware, numeric_metrics
 from prunebench.reports.pareto import pareto_front
 from prunebench.search_spaces.loader import SearchSpace, load_space
@@ -49,6 +49,7 @@ OBJECTIVES = ("pkr", "gmacs")
 def finetune_and_evaluate(config: ExperimentConfig, dense: str, reports: int, threads: int) -> dict[str, Any]:
     """Inside a Tune trial: fine-tune ``config.method`` from ``dense``, report the loss ``reports`` times,
     evaluate, and report the final metrics (``eval_dir`` marks a finished evaluation)."""
+    worker_logging()
     torch.set_num_threads(threads)
     node = ray.get_runtime_context().get_node_id()
     prepared = prepare_stage(config, "finetune", dense)

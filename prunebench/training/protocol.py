@@ -162,17 +162,3 @@ def protocol_variants(methods: list[str], targets: tuple[float, ...]) -> list[Va
     return [Variant("dense", None, {})] + [
         Variant(m, t, params_for_target(m, t)) for m in methods for t in targets
     ]
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table: AP, mAP_bbox, mAP_segm, PKR, GMACs, FPS per variant."""
-
-    def num(value: Any, digits: int = 1) -> str:
-        return "–" if value is None else f"{value:.{digits}f}"
-
-    lines = ["| variant | target PKR | AP | mAP_bbox | mAP_segm | PKR | GMACs | FPS backbone | FPS model |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['label']} | {num(r['target'], 2)} | {num(r['AP'])} | {num(r['mAP_bbox'])} | {num(r['mAP_segm'])} "
-                     f"| {r['pkr']:.3f} | {r['gmacs']:.3f} | {num(r.get('fps_backbone'))} | {num(r.get('fps_model'))} |")
-    return "\n".join(lines)

@@ -1,0 +1,216 @@
+"""``prunebench report``: leaderboard, Pareto fronts, density plot, IoI table, HTML, from MLflow.
+
+Files (all written atomically into ``--out``): ``leaderboard.md``, ``leaderboard.parquet``,
+``pareto_pkr.png``, ``pareto_gmacs.png``, ``pareto_fps.png``, ``density.png``, ``report.html`` (one
+self-contained file: tables and figures inline as base64 PNGs, readable without a server).
+
+Pareto fronts are per method over all its evaluation runs of a (backbone, dataset) group: AP up
+against PKR down, GMACs down or FPS up; the dense model is marked. Each front's hypervolume is
+the area it dominates above AP = 0 and below the reference cost: PKR 1.0, the dense model's
+GMACs, or (for FPS, as cost −FPS) FPS 0; in AP-percent × cost units.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from prunebench.atomic import atomic_path  # noqa: E402
+from prunebench.reports.leaderboard import (  # noqa: E402
+    BLOCKS,
+    EvalRun,
+    Leaderboard,
+    build_leaderboards,
+    fetch_runs,
+    markdown,
+)
+from prunebench.reports.pareto import hypervolume, pareto_front  # noqa: E402
+
+AXES = {  # name -> (metric, axis label, lower is better)
+    "pkr": ("pkr", "PKR (fraction of tokens)", True),
+    "gmacs": ("gmacs", "backbone GMACs per frame", True),
+    "fps": ("fps_model", "FPS (whole model, batch 1)", False),
+}
+
+
+METHOD_COLORS = {"dense": "black", "vpp": "tab:red", "dynamicvit": "tab:blue", "tps": "tab:green", "svit": "tab:purple",
+                 "evit": "tab:orange", "tome": "tab:brown"}
+
+
+def _color(method: str) -> str:
+    return METHOD_COLORS.get(method, "tab:gray")
+
+
+def method_fronts(board_runs: list[EvalRun], axis: str) -> dict[str, dict[str, Any]]:
+    """Per method: all points, the Pareto front and its hypervolume for ``axis``."""
+    metric, _, lower = AXES[axis]
+    dense = [r for r in board_runs if r.method == "dense" and metric in r.metrics]
+    if axis == "pkr":
+        reference = 1.0
+    elif axis == "gmacs":
+        reference = max((r.metrics["gmacs"] for r in dense), default=max((r.metrics.get("gmacs_dense", 0.0) for r in board_runs), default=1.0))
+    else:
+        reference = 0.0
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in board_runs:
+        if run.method != "dense" and metric in run.metrics and "AP" in run.metrics:
+            cost = run.metrics[metric] if lower else -run.metrics[metric]
+            by_method[run.method].append({"cost": cost, "AP": run.metrics["AP"], "run_id": run.run_id})
+    out = {}
+    for method, points in sorted(by_method.items()):
+        front = pareto_front(points, maximize="AP", minimize="cost")
+        volume = hypervolume([(p["cost"], p["AP"]) for p in front], (reference if lower else -reference, 0.0))
+        out[method] = {"points": points, "front": front, "hypervolume": volume, "reference": reference}
+    return out
+
+
+def _png(figure: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def pareto_figure(board: Leaderboard, runs: list[EvalRun], axis: str) -> tuple[bytes, dict[str, dict[str, Any]]]:
+    """AP vs ``axis`` per method (points, front as a line, dense as a star)."""
+    metric, label, lower = AXES[axis]
+    fronts = method_fronts(runs, axis)
+    figure, ax = plt.subplots(figsize=(6, 4))
+    for method, data in fronts.items():
+        sign = 1 if lower else -1
+        xs = [sign * p["cost"] for p in data["points"]]
+        ax.scatter(xs, [p["AP"] for p in data["points"]], alpha=0.45, s=18, color=_color(method))
+        front = sorted(data["front"], key=lambda p: p["cost"])
+        ax.plot([sign * p["cost"] for p in front], [p["AP"] for p in front], marker="o", color=_color(method),
+                label=f"{method} (HV {data['hypervolume']:.1f})")
+    for run in runs:
+        if run.method == "dense" and metric in run.metrics and "AP" in run.metrics:
+            ax.scatter([run.metrics[metric]], [run.metrics["AP"]], marker="*", s=160, color="black", zorder=5)
+    ax.scatter([], [], marker="*", s=100, color="black", label="dense")
+    ax.set_xlabel(label)
+    ax.set_ylabel("AP (%)")
+    ax.set_title(f"{board.backbone}: AP vs {axis.upper() if axis != 'gmacs' else 'GMACs'}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(figure), fronts
+
+
+def density_figure(board: Leaderboard) -> bytes:
+    """Fraction of tokens entering each block, per method and target (the paper's Fig. 5)."""
+    targets = sorted({r.target for r in board.rows if r.target is not None}, reverse=True)
+    figure, axes = plt.subplots(1, max(1, len(targets)), figsize=(5 * max(1, len(targets)), 3.6), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        for row in board.rows:
+            if row.target != target and row.method != "dense":
+                continue
+            keeps = [r.per_block_keep for r in row.runs if r.per_block_keep]
+            if not keeps:
+                continue
+            mean = [sum(k[i] for k in keeps) / len(keeps) for i in range(BLOCKS)]
+            ax.plot(range(BLOCKS), mean, marker="o", label=row.method, color=_color(row.method),
+                    linestyle="--" if row.method == "dense" else "-")
+        ax.set_title(f"goal PKR {100 * target:.0f} %")
+        ax.set_xlabel("block")
+        ax.set_ylabel("tokens kept")
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _png(figure)
+
+
+def ioi_table(board: Leaderboard) -> list[dict[str, Any]]:
+    """IoI (all, S, M, L) per method and target (Tables 3/8)."""
+    return [{"method": r.method, "target": r.target, **{k: r.mean.get(f"ioi_{k}") for k in ("all", "S", "M", "L")}}
+            for r in board.rows]
+
+
+def _html_table(records: list[dict[str, Any]]) -> str:
+    if not records:
+        return "<p>(none)</p>"
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in records[0])
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "–"
+        return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r.values()) + "</tr>" for r in records)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# After loading, the page states in its title whether every figure decoded and every table has rows
+# (headless browsers and tests read it; a person sees the same title).
+_SELF_CHECK = """<script>window.addEventListener('load', function () {
+  var imgs = Array.from(document.images), tables = Array.from(document.querySelectorAll('table'));
+  var figures = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  var filled = tables.filter(function (t) { return t.querySelectorAll('tbody tr').length > 0; }).length;
+  document.title = 'prunebench report: ' + figures + '/' + imgs.length + ' figures, ' + filled + '/' + tables.length + ' tables';
+});</script>"""
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_report(tracking_uri: str, out: str | Path, experiment: str | None = None,
+                 targets: tuple[float, ...] = (0.55, 0.40)) -> dict[str, Any]:
+    """Fetch the runs once, build everything, write the files; return the leaderboard and file list."""
+    runs = fetch_runs(tracking_uri, experiment)
+    boards = build_leaderboards(runs, targets)
+    out = Path(out)
+    files: list[str] = []
+    sections, records = [], []
+    text = markdown(boards)
+    _write_bytes(out / "leaderboard.md", (text + "\n").encode())
+    files.append(str(out / "leaderboard.md"))
+    for index, board in enumerate(boards):
+        board_runs = [r for r in runs if (r.backbone, r.dataset) == (board.backbone, board.dataset)]
+        suffix = "" if len(boards) == 1 else f"_{index}"
+        figures, volumes = {}, []
+        for axis in AXES:
+            png, fronts = pareto_figure(board, board_runs, axis)
+            name = f"pareto_{axis}{suffix}.png"
+            _write_bytes(out / name, png)
+            files.append(str(out / name))
+            figures[name] = png
+            volumes += [{"axis": axis, "method": m, "hypervolume": d["hypervolume"], "reference": d["reference"],
+                         "front_size": len(d["front"])} for m, d in fronts.items()]
+        density = density_figure(board)
+        _write_bytes(out / f"density{suffix}.png", density)
+        files.append(str(out / f"density{suffix}.png"))
+        figures[f"density{suffix}.png"] = density
+        board_records = [r.as_dict() for r in board.rows]
+        records += board_records
+        images = "".join(f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}">'
+                         f"<figcaption>{n}</figcaption></figure>" for n, b in figures.items())
+        shown = [{k: r[k] for k in ("method", "target", "seeds", "pkr", "AP", "AP_std", "delta_AP", "AP_at_target",
+                                    "mAP_bbox", "mAP_segm", "gmacs", "fps_model")} for r in board_records]
+        sections.append(f"<h2>{html.escape(board.backbone)} · dataset {html.escape(board.dataset[:12])}</h2>"
+                        f"<h3>Leaderboard</h3>{_html_table(shown)}<h3>Pareto fronts (hypervolume)</h3>"
+                        f"{_html_table(volumes)}<h3>IoI (%)</h3>{_html_table(ioi_table(board))}"
+                        f"<h3>Figures</h3><div class='figs'>{images}</div>")
+    with atomic_path(out / "leaderboard.parquet") as tmp:
+        pq.write_table(pa.Table.from_pylist(records), tmp, compression="zstd")
+    files.append(str(out / "leaderboard.parquet"))
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>prunebench report</title><style>"
+            "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}"
+            "td,th{border:1px solid #bbb;padding:3px 8px;font-size:13px;text-align:right}th{background:#eee}"
+            ".figs{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0}img{max-width:640px}</style></head><body>"
+            f"<h1>prunebench report</h1><p>{len(runs)} evaluation runs from <code>{html.escape(tracking_uri)}</code>"
+            f"{' (experiment ' + html.escape(experiment) + ')' if experiment else ''}.</p>{''.join(sections)}"
+            f"<p>{html.escape(text.splitlines()[-1])}</p>{_SELF_CHECK}</body></html>")
+    _write_bytes(out / "report.html", page.encode())
+    files.append(str(out / "report.html"))
+    return {"leaderboard": records, "markdown": text, "files": files}
