@@ -86,3 +86,17 @@ def test_accountant_averages_over_frames():
     assert acc.frames == 2
     assert acc.per_block_keep[:6] == [1.0] * 6 and acc.per_block_keep[6:] == [0.75] * 6
     assert acc.pkr == pytest.approx(0.875)
+
+
+def test_flops_over_real_frames(tmp_path):
+    from prunebench.data.synth import SynthSpec, generate
+    from prunebench.evaluation.cost import measure_flops
+
+    generate(tmp_path / "d", SynthSpec(videos=1, valid_videos=2, frames=3, height=64, width=96))
+    result = measure_flops("vit_tiny", "svit", {}, (64, 96), data=str(tmp_path / "d"))
+    assert result["frames"] == 6 and 0 < result["pkr"] < 1
+    assert result["gmacs"] < result["gmacs_dense"]
+    vpp = measure_flops("vit_tiny", "vpp", {"kappa": 0.5}, (64, 96), data=str(tmp_path / "d"), max_frames=4)
+    assert vpp["frames"] == 4
+    # frames 1 and 2 of the first video carry state: their Map-SM keeps ⌊0.5·24⌋ = 12 tokens in blocks 1-2
+    assert vpp["per_block_tokens"][1] == pytest.approx((24 + 12 + 12 + 24) / 4)

@@ -3,32 +3,16 @@
 import json
 
 import pytest
-import yaml
 from safetensors import safe_open
 
 from prunebench.models.presets import params_for_target
+from platform_helpers import write_config
 from prunebench.platform.cli import main
-
-TINY = {
-    "name": "tiny",
-    "seed": 0,
-    "data": {"synth": {"videos": 2, "valid_videos": 1, "frames": 4, "height": 64, "width": 96, "seed": 0}},
-    "model": {"backbone": "vit_tiny", "head": {"num_queries": 4, "hidden_dim": 32, "decoder_layers": 1,
-                                               "pixel_decoder_layers": 1, "heads": 2, "feedforward_dim": 64,
-                                               "train_points": 256}},
-    "train": {"steps": 3, "batch_size": 2, "lr": 1e-4, "backbone_lr_mult": 1.0, "clip_norm": 1.0, "log_every": 1},
-    "finetune": {"steps": 2, "batch_size": 2, "lr": 1e-4, "clip_norm": 1.0, "log_every": 1},
-    "eval": {"timing_frames": 3, "warmup_frames": 1, "threads": 2},
-}
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    config = {**TINY, "out": str(root / "runs"), "data": {**TINY["data"], "root": str(root / "data")}}
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return root, path
+    return root, write_config(root, eval={"threads": 2})
 
 
 def _run(capsys, argv):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from prunebench.data.pipeline import prepare_image
+from prunebench.data.ytvis import YTVISDataset
 from prunebench.errors import ConfigError
 from prunebench.evaluation.accounting import TokenAccountant
 from prunebench.evaluation.flops import backbone_cost
@@ -15,6 +19,19 @@ from prunebench.typed import to_dict
 MAC_UNIT = "GMACs (multiply-accumulates, fvcore convention; GFLOPs = 2 x GMACs)"
 
 
+def _video_frames(data: str, split: str, img_size: tuple[int, int], max_frames: int) -> Iterator[tuple[bool, torch.Tensor]]:
+    """(first frame of its video?, normalised frame resized to ``img_size``) over a YouTube-VIS split."""
+    dataset = YTVISDataset(data, split)
+    count = 0
+    for video in dataset.videos:
+        for t in range(len(video)):
+            if count >= max_frames:
+                return
+            image = prepare_image(video.load_frame(t), None)[:, :video.height, :video.width]
+            yield t == 0, F.interpolate(image[None], size=img_size, mode="bilinear", align_corners=False)
+            count += 1
+
+
 def measure_flops(
     backbone: str,
     method: str,
@@ -22,30 +39,40 @@ def measure_flops(
     img_size: tuple[int, int],
     data: str | None = None,
     seed: int = 0,
+    split: str = "valid",
+    max_frames: int = 200,
 ) -> dict[str, Any]:
     """Cost per frame of ``method`` on ``backbone`` at ``img_size`` (batch 1, inference path).
 
-    Methods with a fixed keep schedule are counted on one random frame; methods whose kept count
-    depends on the image need real frames (``data``).
+    Methods with a fixed keep schedule can be counted on one random frame; methods whose kept count
+    depends on the image need real frames: ``data`` (a YouTube-VIS folder), whose ``split`` is read in
+    video order (temporal state carried, noise seeded) for at most ``max_frames`` frames. The weights
+    are random unless the method is dense, so this measures the pruning machinery, not a trained model.
     """
     check_image_size(*img_size)
     torch.manual_seed(seed)
     model = create_backbone(backbone, method, params).eval()
     dense = create_backbone(backbone, "dense").eval()
-    if data is not None:
-        raise ConfigError(
-            f"--data {data}: averaging over real frames needs the YouTube-VIS reader "
-            "(prunebench.data), which this version does not have yet"
-        )
-    if model.method.image_dependent:
+    if data is None and model.method.image_dependent:
         raise ConfigError(
             f"method '{method}' keeps an image-dependent number of tokens; pass --data DIR "
             "(a YouTube-VIS folder) to average its cost over real frames"
         )
-    image = torch.randn(1, 3, *img_size, generator=torch.Generator().manual_seed(seed))
-    cost = backbone_cost(model, image)
-    accountant = TokenAccountant()
-    accountant.update(cost.output.block_keep)
+    if data is None:
+        frames: Iterator[tuple[bool, torch.Tensor]] = iter([(True, torch.randn(1, 3, *img_size, generator=torch.Generator().manual_seed(seed)))])
+    else:
+        frames = _video_frames(data, split, img_size, max_frames)
+    accountant, gmacs, pruner, state = TokenAccountant(), [], [], None
+    generator = torch.Generator().manual_seed(seed)
+    image = None
+    for first, image in frames:
+        cost = backbone_cost(model, image, state=None if first else state, generator=generator)
+        accountant.update(cost.output.block_keep)
+        gmacs.append(cost.gmacs)
+        pruner.append(cost.gmacs_pruner)
+        state = cost.output.state
+    if image is None:
+        raise ConfigError(f"--data {data}: split '{split}' has no frames")
     return {
         "backbone": backbone,
         "method": method,
@@ -53,8 +80,8 @@ def measure_flops(
         "img_size": list(img_size),
         "unit": MAC_UNIT,
         "frames": accountant.frames,
-        "gmacs": cost.gmacs,
-        "gmacs_pruner": cost.gmacs_pruner,
+        "gmacs": sum(gmacs) / len(gmacs),
+        "gmacs_pruner": sum(pruner) / len(pruner),
         "gmacs_dense": backbone_cost(dense, image).gmacs,
         "pkr": accountant.pkr,
         "per_block_tokens": accountant.per_block_tokens,

@@ -63,7 +63,9 @@ def _add_flops(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="params", action="append", default=[], metavar="PARAM=VALUE",
                    help="a method parameter, e.g. --set rho=0.7 (repeatable)")
     p.add_argument("--img-size", nargs=2, type=int, default=[224, 224], metavar=("H", "W"))
-    p.add_argument("--data", default=None, metavar="DIR", help="a YouTube-VIS folder to average over")
+    p.add_argument("--data", default=None, metavar="DIR", help="a YouTube-VIS folder to average over (frames resized to --img-size)")
+    p.add_argument("--split", default="valid", help="split of --data (default: valid)")
+    p.add_argument("--max-frames", type=int, default=200, help="frames of --data to count at most")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the selectors' noise")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_run_flops)
@@ -79,6 +81,8 @@ def _run_flops(args: argparse.Namespace) -> dict[str, Any]:
         img_size=tuple(args.img_size),
         data=args.data,
         seed=args.seed,
+        split=args.split,
+        max_frames=args.max_frames,
     )
 
 
