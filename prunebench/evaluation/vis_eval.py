@@ -91,8 +91,9 @@ class _Timer:
         return (time.perf_counter() - begin) * 1e3, result
 
 
-def _timing(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_size: int | None,
+def measure_fps(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_size: int | None,
             device: torch.device) -> dict[str, float]:
+    """Backbone and whole-model latency / FPS per frame: batch 1, warm-up, median over the timed frames."""
     timer, generator = _Timer(device), torch.Generator(device=device).manual_seed(config.seed)
     needed = config.warmup_frames + config.timing_frames
     backbone_ms, model_ms = [], []
@@ -177,7 +178,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
             "unit_gmacs": "backbone GMACs per frame (multiply-accumulates; GFLOPs = 2 x GMACs)",
         })
         if timing:
-            metrics.update(_timing(model, dataset, config, max_size, device))
+            metrics.update(measure_fps(model, dataset, config, max_size, device))
     return Evaluation(metrics, results, kept_examples)
 
 

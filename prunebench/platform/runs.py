@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray import tune
 
 from prunebench.config import ExperimentConfig, MethodConfig, load_config
@@ -28,11 +29,14 @@ from prunebench.platform.tracking import (
     hardware,
     resolve_tracking_uri,
 )
+from prunebench.atomic import write_json
+from prunebench.evaluation.vis_eval import measure_fps
 from prunebench.reports.report import write_report
 from prunebench.training.checkpoint import code_version, read_meta
 from prunebench.training.protocol import (
     Variant,
     evaluate_checkpoint,
+    load_model,
     load_datasets,
     protocol_variants,
 )
@@ -133,7 +137,8 @@ def run_demo(out: str, overrides: dict[str, Any], tracking_uri: str | None = Non
     connect(address)
     threads = max(1, config.eval.threads)
     dense = train_stage_logged(config, "train", None, None, Scaling(1, False, threads), None, address, uri, parent=parent)
-    dense_eval = evaluate_logged(config, dense["checkpoint"], str(Path(out) / "eval" / "dense"), tracking_uri=uri, parent=parent)
+    dense_eval = evaluate_logged(config, dense["checkpoint"], str(Path(out) / "eval" / "dense"), timing=False,
+                                 tracking_uri=uri, parent=parent)
     log.info("[2/3] dense model: AP %.1f (%.0f s so far)", dense_eval["AP"] or 0.0, time.perf_counter() - begin)
     variants = tuple(v for v in protocol_variants(pruning_methods(), PKR_TARGETS) if v.method != "dense")
     base = {**run_params(config, valid_set.sha256), "dense_checkpoint": dense["checkpoint"]}
@@ -147,15 +152,25 @@ def run_demo(out: str, overrides: dict[str, Any], tracking_uri: str | None = Non
                        run_config=tune.RunConfig(name="demo-finetune", storage_path=str((Path(out) / "ray_results").resolve()),
                                                  callbacks=[callback], verbose=1))
     grid = tuner.fit()
-    rows = [{**dense_eval, "label": "dense", "target": None}]
+    rows = [{**dense_eval, "label": "dense", "target": None, "eval_dir": str(Path(dense_eval["results"]).parent)}]
     for result in grid:
         folder = (result.metrics or {}).get("eval_dir")
         if folder:
             metrics = json.loads((Path(folder) / "metrics.json").read_text())
             variant = next(v for v in variants if v.label == result.config["variant"])
-            rows.append({**metrics, "label": variant.label, "target": variant.target})
+            run = tracker.run(experiment, f"trial:demo:{result.metrics['trial_id']}", name=variant.label, parent=parent)
+            rows.append({**metrics, "label": variant.label, "target": variant.target, "mlflow_run_id": run,
+                         "eval_dir": folder})
     order = {v.label: i for i, v in enumerate(variants)}
     rows[1:] = sorted(rows[1:], key=lambda r: order[r["label"]])
+    log.info("timing every model one after another (batch 1, %d threads, same frames)", config.eval.threads)
+    for row in rows:
+        model = load_model(config, row["checkpoint"], len(valid_set.categories))
+        fps = measure_fps(model, valid_set, config.eval, config.data.max_size, torch.device(config.device))
+        row.update(fps)
+        if row.get("eval_dir"):
+            write_json(Path(row["eval_dir"]) / "metrics.json", {k: v for k, v in row.items() if k not in ("mlflow_run_id", "eval_dir")})
+        tracker.log_metrics(row["mlflow_run_id"], fps)
     tracker.end(parent)
     report = write_report(uri, Path(out) / "report", experiment=config.name)
     seconds = time.perf_counter() - begin

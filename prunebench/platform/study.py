@@ -48,7 +48,10 @@ OBJECTIVES = ("pkr", "gmacs")
 
 def finetune_and_evaluate(config: ExperimentConfig, dense: str, reports: int, threads: int) -> dict[str, Any]:
     """Inside a Tune trial: fine-tune ``config.method`` from ``dense``, report the loss ``reports`` times,
-    evaluate, and report the final metrics (``eval_dir`` marks a finished evaluation)."""
+    evaluate, and report the final metrics (``eval_dir`` marks a finished evaluation).
+
+    No FPS here: trials share the machine, so their timings would not be comparable (the demo times
+    every checkpoint afterwards, one at a time; ``prunebench eval`` times one checkpoint)."""
     worker_logging()
     torch.set_num_threads(threads)
     node = ray.get_runtime_context().get_node_id()
@@ -69,10 +72,11 @@ def finetune_and_evaluate(config: ExperimentConfig, dense: str, reports: int, th
     train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, torch.device(config.device), on_step=on_step)
     folder = Path(tune.get_context().get_trial_dir())
     checkpoint = save_checkpoint(folder / "model.safetensors", prepared.model, prepared.meta)
-    metrics = evaluate_checkpoint(config, checkpoint, folder / "eval")
+    metrics = evaluate_checkpoint(config, checkpoint, folder / "eval", timing=False)
     final = numeric_metrics({k: v for k, v in metrics.items() if k != "params"})
     final["AP"] = metrics["AP"] if metrics["AP"] is not None else 0.0  # an objective must be a number
-    tune.report({**final, **last, "step": prepared.optim.steps, "node_id": node, "eval_dir": str(folder / "eval")})
+    tune.report({**final, **last, "step": prepared.optim.steps, "node_id": node, "eval_dir": str(folder / "eval"),
+                 "checkpoint": str(checkpoint)})
     return metrics
 
 

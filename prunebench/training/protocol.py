@@ -114,6 +114,18 @@ def run_stage(config: ExperimentConfig, stage: str, out: str | Path, init_checkp
     return save_checkpoint(out, prepared.model, prepared.meta)
 
 
+def load_model(config: ExperimentConfig, checkpoint: str | Path, num_classes: int) -> VISModel:
+    """The model of a checkpoint: its method and parameters, with ``method.params`` of the config on top
+    when the config names the same method (e.g. ``stochastic_inference: false`` for evaluation)."""
+    meta = read_meta(checkpoint)
+    params = dict(meta.get("params", {}))
+    if config.method.name == meta["method"]:
+        params.update(config.method.params)
+    model = build_model(config, num_classes, meta["method"], params)
+    load_weights(checkpoint, model)
+    return model
+
+
 def evaluate_checkpoint(config: ExperimentConfig, checkpoint: str | Path, out: str | Path | None = None,
                         timing: bool = True) -> dict[str, Any]:
     """Evaluate a checkpoint on the valid split; write ``results.json`` and ``metrics.json`` atomically.
@@ -123,11 +135,7 @@ def evaluate_checkpoint(config: ExperimentConfig, checkpoint: str | Path, out: s
     """
     meta = read_meta(checkpoint)
     _, valid_set = load_datasets(config)
-    params = dict(meta.get("params", {}))
-    if config.method.name == meta["method"]:
-        params.update(config.method.params)
-    model = build_model(config, len(valid_set.categories), meta["method"], params)
-    load_weights(checkpoint, model)
+    model = load_model(config, checkpoint, len(valid_set.categories))
     evaluation = evaluate(model, valid_set, config.eval, config.data.max_size, config.device, timing=timing)
     metrics = evaluation.metrics
     folder = Path(out or Path(config.out) / "eval" / meta["method"])
