@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prunebench.models.pruning import PruningMethod
+import torch
+
+from prunebench.models.pruning import Candidates, FrameContext, PruningMethod, Selection
 from prunebench.models.registry import register_method
 
 
@@ -22,3 +24,7 @@ class Dense(PruningMethod):
 
     name = "dense"
     Params = DenseParams
+
+    def select(self, position: int, candidates: Candidates, ctx: FrameContext) -> Selection:
+        """Never asked (no positions); keeps every candidate."""
+        return Selection(torch.ones_like(candidates.weight))

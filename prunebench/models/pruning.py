@@ -14,6 +14,7 @@ keep mask of all N tokens that is in force from that block on.
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -161,7 +162,7 @@ class FrameContext:
     records: list[StageRecord] = field(default_factory=list)
 
 
-class PruningMethod(nn.Module):
+class PruningMethod(nn.Module, abc.ABC):
     """Base class of every pruning method.
 
     A subclass sets ``name`` and ``Params`` (a dataclass with ``validate``), builds its selectors
@@ -191,9 +192,9 @@ class PruningMethod(nn.Module):
         """Boundaries b (0..depth; b = input of block b) at which ``observe`` is called."""
         return ()
 
+    @abc.abstractmethod
     def select(self, position: int, candidates: Candidates, ctx: FrameContext) -> Selection:
         """Decide which candidates stay from block ``position`` on."""
-        raise NotImplementedError(f"{type(self).__name__} has positions but no select()")
 
     def observe(self, boundary: int, tokens: Tensor, active: Tensor, ctx: FrameContext) -> None:
         """See the full token map ``(B, N, D)`` and active mask ``(B, N)`` at a boundary."""

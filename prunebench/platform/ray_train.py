@@ -72,6 +72,7 @@ def worker_logging() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        logger.propagate = False  # Ray's workers have a root handler of their own: print once
 
 
 def _worker(loop_config: dict[str, Any]) -> None:
