@@ -69,3 +69,24 @@ def test_dense_eval_and_gt_scores_100(setup, dense, capsys):
                 "segmentations": a["segmentations"]} for a in gt["annotations"]]
     (root / "perfect.json").write_text(json.dumps(perfect))
     assert _run(capsys, ["metrics", str(gt_path), str(root / "perfect.json"), "--json"])["AP"] == pytest.approx(100.0)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_on_tiny_settings(tmp_path, capsys):
+    """The main job with its embedded preset shrunk: data, dense, 8 fine-tunes, timing, MLflow, report."""
+    out = tmp_path / "demo"
+    sets = ["data.synth={videos: 2, valid_videos: 1, frames: 4, height: 64, width: 96, seed: 0}",
+            "model.head={num_queries: 4, hidden_dim: 32, decoder_layers: 1, pixel_decoder_layers: 1, heads: 2, "
+            "feedforward_dim: 64, train_points: 256}",
+            "train.steps=3", "train.batch_size=2", "finetune.steps=2", "eval.timing_frames=3", "eval.warmup_frames=1"]
+    result = _run(capsys, ["demo", "--out", str(out), "--json", *[a for s in sets for a in ("--set", s)]])
+    labels = [r["label"] for r in result["leaderboard"]]
+    assert labels[0] == "dense" and len(labels) == 9
+    assert {label.split("-")[0] for label in labels[1:]} == {"vpp", "dynamicvit", "tps", "svit"}
+    assert all(r["fps_model"] > 0 for r in result["leaderboard"])  # every model timed
+    assert (out / "report" / "report.html").exists() and (out / "report" / "leaderboard.parquet").exists()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(result["mlflow_tracking_uri"])
+    runs = client.search_runs([result["mlflow_experiment_id"]], filter_string="tags.`prunebench.kind` = 'eval'")
+    assert len(runs) == 9 and all("fps_model" in r.data.metrics for r in runs)

@@ -94,6 +94,14 @@ class _Timer:
 def measure_fps(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_size: int | None,
             device: torch.device) -> dict[str, float]:
     """Backbone and whole-model latency / FPS per frame: batch 1, warm-up, median over the timed frames."""
+    torch.set_num_threads(config.threads)
+    model.eval()
+    with torch.inference_mode():
+        return _measure_fps(model, dataset, config, max_size, device)
+
+
+def _measure_fps(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_size: int | None,
+                 device: torch.device) -> dict[str, float]:
     timer, generator = _Timer(device), torch.Generator(device=device).manual_seed(config.seed)
     needed = config.warmup_frames + config.timing_frames
     backbone_ms, model_ms = [], []

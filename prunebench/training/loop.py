@@ -134,7 +134,7 @@ def train_steps(
             state = out.backbone.state
             task = task + out.task_loss
             prune = prune + out.backbone.loss
-            keep += float(out.backbone.block_keep.mean())
+            keep += float(out.backbone.block_keep.detach().mean())
         loss = (task + prune) / steps_t
         task, prune = task.detach(), prune.detach()
         optimizer.zero_grad(set_to_none=True)
