@@ -90,3 +90,10 @@ def test_demo_end_to_end_on_tiny_settings(tmp_path, capsys):
     client = MlflowClient(result["mlflow_tracking_uri"])
     runs = client.search_runs([result["mlflow_experiment_id"]], filter_string="tags.`prunebench.kind` = 'eval'")
     assert len(runs) == 9 and all("fps_model" in r.data.metrics for r in runs)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    report_rows = json.loads(json.dumps(result["report_files"]))
+    assert any(f.endswith("report.html") for f in report_rows)
+    import pyarrow.parquet as pq
+
+    board = pq.read_table(out / "report" / "leaderboard.parquet").to_pylist()
+    assert len(board) == 9 and {r["method"] for r in board} == {"dense", "vpp", "dynamicvit", "tps", "svit"}

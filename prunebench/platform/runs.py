@@ -123,8 +123,8 @@ def _variant_trial(sampled: dict[str, Any], experiment: dict[str, Any], variants
 
 
 def run_demo(out: str, overrides: dict[str, Any], tracking_uri: str | None = None, address: str | None = None) -> dict[str, Any]:
-    """The main job: synthetic data → dense (Ray Train) → every method × target (Ray Tune grid) →
-    evaluation → MLflow → leaderboard (and the report, when the reports module is present)."""
+    """The main job: synthetic data → dense (Ray Train) → every method × target (Ray Tune grid, fine-tune
+    + evaluation) → FPS of every model, one after another → MLflow → report and leaderboard."""
     begin = time.perf_counter()
     config = load_config("demo", {"out": out, "data.root": f"{out}/data", **overrides})
     train_set, valid_set = load_datasets(config)
@@ -158,7 +158,7 @@ def run_demo(out: str, overrides: dict[str, Any], tracking_uri: str | None = Non
         if folder:
             metrics = json.loads((Path(folder) / "metrics.json").read_text())
             variant = next(v for v in variants if v.label == result.config["variant"])
-            run = tracker.run(experiment, f"trial:demo:{result.metrics['trial_id']}", name=variant.label, parent=parent)
+            run = tracker.find_run(experiment, f"trial:demo:{result.metrics['trial_id']}")
             rows.append({**metrics, "label": variant.label, "target": variant.target, "mlflow_run_id": run,
                          "eval_dir": folder})
     order = {v.label: i for i, v in enumerate(variants)}
