@@ -11,3 +11,13 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_in_process_ray():
+    """CLI tests run in-process start a local Ray; stop it after each module (one cluster at a time)."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -58,7 +58,7 @@ def test_sweep_submitted_to_a_two_node_cluster(tmp_path):
     dense = cli(["train", config, "--json"])  # the dense checkpoint, on a local Ray of its own
     temp_dir = Path("/tmp") / f"rmn{os.getpid()}"
     gcs, dashboard = _port(), _port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "token"}
     before = {p.pid for p in psutil.process_iter()}
     try:
         subprocess.run([BIN / "ray", "start", "--head", f"--port={gcs}", "--num-cpus=1", f"--temp-dir={temp_dir}",
@@ -68,9 +68,10 @@ def test_sweep_submitted_to_a_two_node_cluster(tmp_path):
                        check=True, env=env, capture_output=True, timeout=180)
         tracking = f"sqlite:///{root / 'runs' / 'mlflow.db'}"
         # the project is installed, so nothing is uploaded (both "nodes" share one machine and one
-        # session dir, where an uploaded working dir can be collected under the running driver)
+        # session dir, where an uploaded working dir can be collected under the running driver);
+        # the job finds its cluster through RAY_ADDRESS, which Ray sets for job entrypoints
         entry = (f"cd {root} && {sys.executable} -m prunebench.platform.cli tune dynamicvit --config {config} "
-                 f"--from {dense['checkpoint']} --num-samples 2 --name multinode --address auto "
+                 f"--from {dense['checkpoint']} --num-samples 2 --name multinode "
                  f"--tracking-uri {tracking} --json")
         submitted = subprocess.run([BIN / "ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
                                     "--", "bash", "-c", entry],
