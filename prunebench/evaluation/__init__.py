@@ -1,1 +1,1 @@
-"""Evaluation: token accounting (PKR), executed-graph MAC counting, and (later) VIS metrics."""
+"""Evaluation: YouTube-VIS and frame COCO AP, token accounting (PKR, IoI), executed-graph MACs, FPS."""

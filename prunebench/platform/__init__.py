@@ -1,1 +1,1 @@
-"""The platform: the command line (and, later, Ray Train/Tune and MLflow tracking)."""
+"""The platform: the CLI, Ray Train stages, Ray Tune + Optuna studies, MLflow tracking, the demo."""

@@ -1,1 +1,1 @@
-"""Reports: Pareto fronts (and, later, the leaderboard and the HTML report)."""
+"""Reports from MLflow: the leaderboard, Pareto fronts and hypervolumes, figures, the HTML report."""
