@@ -97,3 +97,13 @@ def test_demo_end_to_end_on_tiny_settings(tmp_path, capsys):
 
     board = pq.read_table(out / "report" / "leaderboard.parquet").to_pylist()
     assert len(board) == 9 and {r["method"] for r in board} == {"dense", "vpp", "dynamicvit", "tps", "svit"}
+
+
+def test_bench_dense_vs_every_method(setup, capsys):
+    root, path = setup
+    result = _run(capsys, ["bench", str(path), "--frames", "3", "--warmup", "1", "--calibration-steps", "1", "--json"])
+    assert set(result) == {"dense", "vpp", "dynamicvit", "tps", "svit", "settings"}
+    for method in ("dense", "vpp", "dynamicvit", "tps", "svit"):
+        assert {"latency_ms", "speedup", "gmacs_ratio"} <= set(result[method])
+    assert result["dense"]["speedup"] == 1.0 and result["dynamicvit"]["gmacs_ratio"] > 1.0
+    assert main(["bench", str(path), "--frames", "0"]) == 2

@@ -201,6 +201,52 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
     return evaluate_logged(config, args.checkpoint, args.out, timing=not args.no_timing, tracking_uri=args.tracking_uri)
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="batch-1 latency of dense vs every pruning method on real frames",
+                       description="Time the backbone (batch 1, the config's eval.threads) of the dense model and of "
+                                   "every method at the preset for --target on frames of the valid split, in video "
+                                   "order; random weights, dynamic selectors calibrated to their targets first.")
+    _add_config_args(p)
+    p.add_argument("--target", type=float, default=0.40, help="goal PKR of the method presets (0.55 or 0.40)")
+    p.add_argument("--frames", type=int, default=30, help="timed frames (>= 30 for reported numbers)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--calibration-steps", type=int, default=40)
+    p.set_defaults(handler=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from prunebench.config import load_config
+    from prunebench.data.pipeline import prepare_image
+    from prunebench.evaluation.bench import calibrate, compare
+    from prunebench.models.presets import params_for_target, pruning_methods
+    from prunebench.models.vit import create_backbone
+    from prunebench.training.protocol import load_datasets
+
+    config = load_config(args.config, parse_assignments(args.overrides))
+    if args.frames < 1 or args.warmup < 0:
+        raise ConfigError(f"--frames {args.frames} / --warmup {args.warmup}: allowed: frames >= 1, warmup >= 0")
+    _, valid = load_datasets(config)
+    torch.set_num_threads(config.eval.threads)
+    frames = []
+    while len(frames) < args.frames + args.warmup:
+        for video in valid.videos:
+            for t in range(len(video)):
+                frames.append((t == 0, prepare_image(video.load_frame(t), config.data.max_size)[None]))
+    frames = frames[: args.frames + args.warmup]
+    models = {}
+    for method in ["dense", *pruning_methods()]:
+        torch.manual_seed(config.seed)
+        params = {} if method == "dense" else params_for_target(method, args.target)
+        models[method] = create_backbone(config.model.backbone, method, params)
+        calibrate(models[method], [f for _, f in frames[:2]], args.calibration_steps)
+    rows = compare(models, frames, args.warmup)
+    return {**rows, "settings": {"backbone": config.model.backbone, "target": args.target, "frames": args.frames,
+                                 "warmup": args.warmup, "threads": config.eval.threads,
+                                 "frame_size": list(frames[0][1].shape[-2:]), "unit": "GMACs (multiply-accumulates)"}}
+
+
 def _add_tune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="Ray Tune + Optuna study over a method's search space",
                        description="Multi-objective study (maximise AP, minimise PKR or GMACs): every trial fine-tunes "
@@ -297,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metrics(sub)
     _add_training(sub)
     _add_eval(sub)
+    _add_bench(sub)
     _add_tune(sub)
     _add_report(sub)
     _add_demo(sub)

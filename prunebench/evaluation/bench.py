@@ -1,0 +1,86 @@
+"""Batch-1 backbone latency of dense vs pruned on real frames (``prunebench bench``).
+
+Every method runs at the preset for one goal PKR (``models.presets``). Without trained checkpoints
+the weights are random, so the selectors of methods with a dynamic keep count (VPP's SMs, SViT)
+are first calibrated to their keep targets with their *own* sparsity loss for a few steps
+(backbone frozen); the measured PKR is reported beside the latency. Frames are timed in video
+order (VPP carries its state), after warm-up, median over the timed frames; MACs are counted on
+the executed graph over the same frames.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from prunebench.evaluation.accounting import TokenAccountant
+from prunebench.evaluation.flops import backbone_cost
+from prunebench.models.vit import PrunableViT
+
+
+def calibrate(model: PrunableViT, frames: list[torch.Tensor], steps: int, lr: float = 0.05) -> None:
+    """Fit only the selectors to their keep targets with the method's own loss (frames as a 2-stream chain)."""
+    selectors = list(model.method.parameters())
+    if not selectors or not model.method.image_dependent or steps <= 0:
+        return
+    frozen = [p for p in model.vit.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    optimizer = torch.optim.Adam(selectors, lr=lr)
+    model.train()
+    for _ in range(steps):
+        state, loss = None, torch.zeros(())
+        for frame in frames:
+            out = model(frame.expand(2, -1, -1, -1), state=state)
+            state, loss = out.state, loss + out.loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for p in frozen:
+        p.requires_grad_(True)
+    model.eval()
+
+
+def time_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]], warmup: int) -> list[float]:
+    """Per-frame latency (ms) over ``(new video?, frame)`` pairs, state carried, after ``warmup`` frames."""
+    generator = torch.Generator().manual_seed(0)
+    times, state = [], None
+    model.eval()
+    with torch.inference_mode():
+        for i, (first, frame) in enumerate(frames):
+            start = time.perf_counter()
+            out = model(frame, state=None if first else state, generator=generator)
+            elapsed = (time.perf_counter() - start) * 1e3
+            state = out.state
+            if i >= warmup:
+                times.append(elapsed)
+    return times
+
+
+def cost_over_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]]) -> tuple[float, float]:
+    """Mean GMACs per frame and PKR over the frames (state carried, seeded noise)."""
+    generator = torch.Generator().manual_seed(0)
+    accountant, gmacs, state = TokenAccountant(), [], None
+    for first, frame in frames:
+        cost = backbone_cost(model, frame, state=None if first else state, generator=generator)
+        accountant.update(cost.output.block_keep)
+        gmacs.append(cost.gmacs)
+        state = cost.output.state
+    return statistics.fmean(gmacs), accountant.pkr
+
+
+def compare(models: dict[str, PrunableViT], frames: list[tuple[bool, torch.Tensor]], warmup: int) -> dict[str, Any]:
+    """Latency, speedup and GMACs ratio of every model against ``models['dense']``."""
+    rows = {}
+    for name, model in models.items():
+        gmacs, pkr = cost_over_frames(model, frames[warmup:])
+        times = time_frames(model, frames, warmup)
+        rows[name] = {"latency_ms": statistics.median(times), "latency_min_ms": min(times), "gmacs": gmacs, "pkr": pkr}
+    dense = rows["dense"]
+    for row in rows.values():
+        row["speedup"] = dense["latency_ms"] / row["latency_ms"]
+        row["gmacs_ratio"] = dense["gmacs"] / row["gmacs"]
+    return rows
