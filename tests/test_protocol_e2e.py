@@ -105,5 +105,6 @@ def test_bench_dense_vs_every_method(setup, capsys):
     assert set(result) == {"dense", "vpp", "dynamicvit", "tps", "svit", "settings"}
     for method in ("dense", "vpp", "dynamicvit", "tps", "svit"):
         assert {"latency_ms", "speedup", "gmacs_ratio"} <= set(result[method])
-    assert result["dense"]["speedup"] == 1.0 and result["dynamicvit"]["gmacs_ratio"] > 1.0
+    assert result["dense"]["speedup"] == 1.0 and result["dense"]["gmacs_ratio"] == 1.0
+    assert result["dynamicvit"]["pkr"] < 0.5  # at 24 tokens its predictors cost about what pruning saves
     assert main(["bench", str(path), "--frames", "0"]) == 2
