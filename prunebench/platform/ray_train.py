@@ -32,7 +32,7 @@ from ray.train.torch import TorchTrainer
 from prunebench.atomic import atomic_path
 from prunebench.config import ExperimentConfig, load_config
 from prunebench.training.checkpoint import load_weights, read_meta, save_checkpoint
-from prunebench.training.loop import LogEvery, StepMetrics, train_steps
+from prunebench.training.loop import LogEvery, StepMetrics, mean_metrics, train_steps
 from prunebench.training.protocol import log_progress, prepare_stage
 from prunebench.typed import to_dict
 
@@ -102,12 +102,10 @@ def _worker(loop_config: dict[str, Any]) -> None:
         logger(metrics, optimizer)
         window.append(metrics)
         if metrics.step % steps_per_epoch == 0 or metrics.step == optim.steps:
-            report = {"step": metrics.step, "epoch": metrics.step / steps_per_epoch,
-                      "loss": sum(m.loss for m in window) / len(window),
-                      "task_loss": sum(m.task_loss for m in window) / len(window),
-                      "prune_loss": sum(m.prune_loss for m in window) / len(window),
-                      "keep": sum(m.keep for m in window) / len(window), "lr": metrics.lr,
-                      "seconds_per_step": sum(m.seconds for m in window) / len(window)}
+            mean = mean_metrics(window)
+            report = {"step": metrics.step, "epoch": metrics.step / steps_per_epoch, "loss": mean.loss,
+                      "task_loss": mean.task_loss, "prune_loss": mean.prune_loss, "keep": mean.keep,
+                      "lr": metrics.lr, "seconds_per_step": mean.seconds}
             window.clear()
             if rank == 0:
                 with tempfile.TemporaryDirectory() as folder:

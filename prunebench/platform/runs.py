@@ -88,15 +88,15 @@ def train_stage_logged(config: ExperimentConfig, stage: str, out: str | None, in
 def evaluate_logged(config: ExperimentConfig, checkpoint: str, out: str | None, timing: bool = True,
                     tracking_uri: str | None = None, target: float | None = None, parent: str | None = None) -> dict[str, Any]:
     """``prunebench eval``: full evaluation, logged as an MLflow run of kind ``eval``."""
-    _, valid_set = load_datasets(config)
     meta = read_meta(checkpoint)
-    metrics = evaluate_checkpoint(config, checkpoint, out, timing=timing)
+    metrics = evaluate_checkpoint(config, checkpoint, out, timing=timing)  # reads and checks the data
+    dataset = metrics["dataset_sha256"]
     tracker = Tracker(resolve_tracking_uri(tracking_uri, config.out))
     experiment = tracker.experiment(config.name)
     run = tracker.run(experiment, f"eval:{Path(checkpoint).resolve()}:{config.eval.seed}", name=f"eval-{meta['method']}",
-                      parent=parent, tags=_tags(config, "eval", meta["method"], target, valid_set.sha256))
+                      parent=parent, tags=_tags(config, "eval", meta["method"], target, dataset))
     params = {f"method.params.{k}": str(v) for k, v in metrics["params"].items()}
-    tracker.log_params(run, {**run_params(config, valid_set.sha256), **params, "method": meta["method"],
+    tracker.log_params(run, {**run_params(config, dataset), **params, "method": meta["method"],
                              "checkpoint": str(checkpoint), "eval.seed": str(config.eval.seed)})
     tracker.log_evaluation(run, metrics, Path(metrics["results"]).parent)
     tracker.end(run)

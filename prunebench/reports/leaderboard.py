@@ -72,7 +72,7 @@ def fetch_runs(tracking_uri: str, experiment: str | None = None) -> list[EvalRun
             run_id=run.info.run_id, method=tags.get("method", run.data.params.get("method", "?")),
             target=float(target) if target else None, backbone=tags.get("backbone", run.data.params.get("backbone", "?")),
             dataset=tags.get("dataset", run.data.params.get("dataset_sha256", "?")),
-            seed=run.data.params.get("seed", "?") + "/" + run.data.params.get("eval.seed", run.data.params.get("eval.seed", "0")),
+            seed=run.data.params.get("seed", "?") + "/" + run.data.params.get("eval.seed", "0"),
             metrics={k: metrics[k] for k in METRICS if k in metrics},
             per_block_keep=None if any(v is None for v in keep) else keep,
         ))
