@@ -3,9 +3,10 @@
 Nothing can be downloaded here, so the real readers and the whole pipeline are exercised on videos
 this module draws. They are not trivial: a textured background that pans slowly; 1–4 objects per
 video from 5 categories that differ in shape *and* texture (disk/solid, square/stripes,
-triangle/checker, ring/speckle, cross/dots) and in hue (each category has its own colour range, jittered per instance); smooth motion with rotation and
-breathing scale; occlusion by depth order; objects that enter or leave mid-video; optional scene
-cuts (new background, objects jump; identities continue, as in the paper's §5.4).
+triangle/checker, ring/speckle, cross/dots) and in hue (each category has its own colour range,
+jittered per instance); smooth motion with rotation and breathing scale; occlusion by depth order;
+objects that enter (sliding in from outside the frame within ``ENTRY_FRAMES`` frames) or leave
+mid-video; optional scene cuts (new background, objects jump; identities continue, as in the paper's §5.4).
 
 Layout written (both splits carry ground truth):
 
@@ -115,11 +116,15 @@ def _texture(category: int, u: np.ndarray, v: np.ndarray, c1: np.ndarray, c2: np
     return np.where(pick[..., None], c2, c1)
 
 
+#: frames an entering object takes to slide in from outside the frame
+ENTRY_FRAMES = 3
+
+
 @dataclass
 class _Object:
     category: int
     radius: float
-    position: np.ndarray
+    position: np.ndarray  # centre at t = 0 of the drift ``position + velocity * t``
     velocity: np.ndarray
     angle: float
     spin: float
@@ -128,6 +133,14 @@ class _Object:
     depth: float
     start: int
     stop: int
+    entry_offset: np.ndarray | None = None  # an entering object starts this far behind its drift
+
+    def center(self, t: int) -> np.ndarray:
+        """Centre at frame t: the drift, minus the entry offset fading out over ``ENTRY_FRAMES``."""
+        center = self.position + self.velocity * t
+        if self.entry_offset is not None:
+            center = center - self.entry_offset * max(0.0, 1.0 - (t - self.start) / ENTRY_FRAMES)
+        return center
 
 
 #: base hue (degrees) of each category; instances jitter around it
@@ -161,13 +174,15 @@ def _objects(rng: np.random.Generator, spec: SynthSpec) -> list[_Object]:
         speed = rng.uniform(0.4, 1.6) * short / 64
         direction = rng.uniform(0, 2 * math.pi)
         velocity = speed * np.array([math.cos(direction), math.sin(direction)])
-        if spec.frames >= 6 and rng.random() < 0.3:  # enters mid-video from outside the frame
+        entry_offset = None
+        if spec.frames >= 6 and rng.random() < 0.3:  # enters mid-video: slides in from outside the frame
             start = int(rng.integers(1, spec.frames // 2))
             side = rng.integers(4)
-            entry = [np.array([-radius, position[1]]), np.array([spec.width + radius, position[1]]),
-                     np.array([position[0], -radius]), np.array([position[0], spec.height + radius])][side]
-            inward = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]][side]) * max(speed, 2.0)
-            position, velocity = entry - inward * start, inward
+            outside = [np.array([-radius, position[1]]), np.array([spec.width + radius, position[1]]),
+                       np.array([position[0], -radius]), np.array([position[0], spec.height + radius])][side]
+            # fully in at start + ENTRY_FRAMES (at ``position``), then drifting like the others
+            entry_offset = position - velocity * ENTRY_FRAMES - outside
+            position = position - velocity * (start + ENTRY_FRAMES)
         elif spec.frames >= 6 and rng.random() < 0.2:  # leaves (is removed) mid-video
             stop = int(rng.integers(spec.frames // 2, spec.frames))
         category = int(rng.integers(1, len(CATEGORIES) + 1))
@@ -175,7 +190,7 @@ def _objects(rng: np.random.Generator, spec: SynthSpec) -> list[_Object]:
             category=category, radius=radius, position=position,
             velocity=velocity, angle=float(rng.uniform(0, 2 * math.pi)), spin=float(rng.uniform(-0.08, 0.08)),
             wobble=float(rng.uniform(0, 2 * math.pi)), colors=_colors(rng, category),
-            depth=float(rng.random()), start=start, stop=stop,
+            depth=float(rng.random()), start=start, stop=stop, entry_offset=entry_offset,
         ))
     return objects
 
@@ -197,6 +212,7 @@ def _render_video(rng: np.random.Generator, spec: SynthSpec) -> tuple[list[np.nd
             for obj in objects:
                 obj.position = np.array([rng.uniform(obj.radius, spec.width - obj.radius),
                                          rng.uniform(obj.radius, spec.height - obj.radius)]) - obj.velocity * t
+                obj.entry_offset = None
         offset = np.clip(origin + pan_velocity * t, 0, pan - 1).astype(int)
         image = background[offset[1]:offset[1] + spec.height, offset[0]:offset[0] + spec.width].copy()
         drawn: list[tuple[int, np.ndarray]] = []
@@ -204,7 +220,7 @@ def _render_video(rng: np.random.Generator, spec: SynthSpec) -> tuple[list[np.nd
             obj = objects[i]
             if not obj.start <= t < obj.stop:
                 continue
-            center = obj.position + obj.velocity * t
+            center = obj.center(t)
             radius = obj.radius * (1.0 + 0.08 * math.sin(0.5 * t + obj.wobble))
             angle = obj.angle + obj.spin * t
             dx, dy = (xx - center[0]) / radius, (yy - center[1]) / radius
