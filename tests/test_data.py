@@ -19,7 +19,7 @@ SPEC = SynthSpec(videos=6, valid_videos=2, frames=8, height=64, width=96, seed=3
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth") / "data"
-    return root, generate(root, SPEC)
+    return root, generate(root, SPEC, workers=2)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -27,8 +27,8 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_same_seed_gives_byte_identical_files(synth, tmp_path):
-    root, info = synth
-    again = generate(tmp_path / "again", SPEC)
+    root, info = synth  # drawn by 2 worker processes
+    again = generate(tmp_path / "again", SPEC, workers=1)
     assert _files(root) == _files(tmp_path / "again")
     assert again["splits"] == info["splits"]
     other = generate(tmp_path / "other", SynthSpec(**{**SPEC.__dict__, "seed": 4}))
@@ -62,6 +62,8 @@ def test_synth_cli_json_and_refuses_to_overwrite(tmp_path, capsys):
     assert main(["data", "synth", str(out), "--videos", "2"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert _files(out) == before
+    assert main(["data", "synth", str(tmp_path / "w"), "--workers", "0"]) == 2
+    assert "--workers 0" in capsys.readouterr().err and not (tmp_path / "w").exists()
 
 
 def _broken_copy(root: Path, tmp_path: Path, edit) -> Path:

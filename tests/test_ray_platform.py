@@ -60,7 +60,7 @@ def test_study_resumes_after_its_driver_is_killed(dense):
     root, config, result = dense
     name = "resume-study"
     args = [sys.executable, "-m", "prunebench.platform.cli", "tune", "dynamicvit", "--config", str(config),
-            "--from", result["checkpoint"], "--num-samples", "4", "--name", name, "--json"]
+            "--from", result["checkpoint"], "--num-samples", "4", "--name", name, "--set", "eval.threads=2", "--json"]
     client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
@@ -73,12 +73,14 @@ def test_study_resumes_after_its_driver_is_killed(dense):
     driver.wait()
     time.sleep(3)
     resumed = cli(["tune", "dynamicvit", "--config", config, "--from", result["checkpoint"], "--num-samples", "4",
-                   "--name", name, "--resume", "--json"])
+                   "--name", name, "--set", "eval.threads=2", "--resume", "--json"])
     assert resumed["trials"] == 4
     children = _finished_children(client, name)
     trial_ids = [r.data.tags["trial_id"] for r in children]
     assert len(trial_ids) == len(set(trial_ids)) == resumed["trials"]  # no trial lost, none twice
     assert all(r.info.status == "FINISHED" for r in children)
+    # a trial evaluates on its own CPUs (1 each), not eval.threads: 2 threads each would oversubscribe
+    assert all(r.data.metrics["threads"] == 1 for r in children)
     assert resumed["best"] and all("AP" in b and "pkr" in b for b in resumed["best"])
 
 

@@ -20,13 +20,16 @@ written to a temporary folder beside OUT, which is then renamed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,18 +256,40 @@ def _jpeg_bytes(frame: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_split(root: Path, split: str, count: int, spec: SynthSpec, seed: np.random.SeedSequence) -> dict[str, Any]:
+def _render_encoded(seed: np.random.SeedSequence, spec: SynthSpec) -> tuple[list[bytes], list[dict[str, Any]]]:
+    """One video from its own seed: JPEG bytes per frame and, per visible object, its annotation."""
+    frames, objects, masks = _render_video(np.random.default_rng(seed), spec)
+    annotations = []
+    for obj, per_frame in zip(objects, masks):
+        if all(m is None for m in per_frame):
+            continue
+        segmentations = [None if m is None else _encode_rle(m) for m in per_frame]
+        annotations.append({
+            "category_id": obj.category,
+            "iscrowd": 0,
+            "height": spec.height,
+            "width": spec.width,
+            "length": 1,
+            "segmentations": segmentations,
+            "areas": [None if m is None else int(m.sum()) for m in per_frame],
+            "bboxes": [None if m is None else [float(x) for x in mask_utils.toBbox(s)]
+                       for m, s in zip(per_frame, segmentations)],
+        })
+    return [_jpeg_bytes(frame) for frame in frames], annotations
+
+
+def _write_split(root: Path, split: str, count: int, spec: SynthSpec, seed: np.random.SeedSequence,
+                 pool: Executor | None) -> dict[str, Any]:
     videos, annotations, digest = [], [], hashlib.sha256()
     frame_total = 0
-    for index, child in enumerate(seed.spawn(count)):
-        rng = np.random.default_rng(child)
-        frames, objects, masks = _render_video(rng, spec)
+    render = functools.partial(_render_encoded, spec=spec)
+    rendered = pool.map(render, seed.spawn(count), chunksize=8) if pool else map(render, seed.spawn(count))
+    for index, (frames, objects) in enumerate(rendered):  # in order: files and hash do not depend on the pool
         name = f"{split}_{index:04d}"
         folder = root / split / "JPEGImages" / name
         folder.mkdir(parents=True)
         file_names = []
-        for t, frame in enumerate(frames):
-            data = _jpeg_bytes(frame)
+        for t, data in enumerate(frames):
             (folder / f"{t:05d}.jpg").write_bytes(data)
             file_names.append(f"{name}/{t:05d}.jpg")
             digest.update(data)
@@ -272,23 +297,8 @@ def _write_split(root: Path, split: str, count: int, spec: SynthSpec, seed: np.r
         video_id = index + 1
         videos.append({"id": video_id, "width": spec.width, "height": spec.height, "length": spec.frames,
                        "file_names": file_names})
-        for obj, per_frame in zip(objects, masks):
-            if all(m is None for m in per_frame):
-                continue
-            segmentations = [None if m is None else _encode_rle(m) for m in per_frame]
-            annotations.append({
-                "id": len(annotations) + 1,
-                "video_id": video_id,
-                "category_id": obj.category,
-                "iscrowd": 0,
-                "height": spec.height,
-                "width": spec.width,
-                "length": 1,
-                "segmentations": segmentations,
-                "areas": [None if m is None else int(m.sum()) for m in per_frame],
-                "bboxes": [None if m is None else [float(x) for x in mask_utils.toBbox(s)]
-                           for m, s in zip(per_frame, segmentations)],
-            })
+        for annotation in objects:
+            annotations.append({"id": len(annotations) + 1, "video_id": video_id, **annotation})
     dataset = {
         "info": {"description": f"prunebench synthetic videos ({split})", "seed": spec.seed},
         "licenses": [],
@@ -303,19 +313,29 @@ def _write_split(root: Path, split: str, count: int, spec: SynthSpec, seed: np.r
     return {"videos": len(videos), "frames": frame_total, "instances": len(annotations), "sha256": digest.hexdigest()}
 
 
-def generate(out: str | os.PathLike[str], spec: SynthSpec, overwrite: bool = False) -> dict[str, Any]:
-    """Write the train and valid splits under ``out`` atomically; return counts and split hashes."""
+def generate(out: str | os.PathLike[str], spec: SynthSpec, overwrite: bool = False,
+             workers: int | None = None) -> dict[str, Any]:
+    """Write the train and valid splits under ``out`` atomically; return counts and split hashes.
+
+    Videos are drawn by ``workers`` processes (default: one per CPU; 1 = in this process); each
+    video has its own seed, so the files are the same whatever the number of workers.
+    """
     spec.validate()
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: allowed: an integer >= 1")
     target = Path(out)
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise ConfigError(f"{target}: folder exists and is not empty; allowed: a new folder, or --overwrite")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    # fork: the workers only draw with numpy/PIL/pycocotools, and forking skips re-importing torch
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if workers > 1 else None
     try:
         train_seed, valid_seed = np.random.SeedSequence(spec.seed).spawn(2)
         splits = {
-            "train": _write_split(staging, "train", spec.videos, spec, train_seed),
-            "valid": _write_split(staging, "valid", spec.valid_videos, spec, valid_seed),
+            "train": _write_split(staging, "train", spec.videos, spec, train_seed, pool),
+            "valid": _write_split(staging, "valid", spec.valid_videos, spec, valid_seed, pool),
         }
         record = {"spec": spec.__dict__, "splits": splits}
         (staging / "splits.json").write_text(json.dumps(record, indent=2, sort_keys=True))
@@ -325,6 +345,9 @@ def generate(out: str | os.PathLike[str], spec: SynthSpec, overwrite: bool = Fal
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return {
         "out": str(target),
         "videos": sum(s["videos"] for s in splits.values()),

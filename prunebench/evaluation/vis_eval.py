@@ -130,7 +130,7 @@ def _measure_fps(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max
     skip = config.warmup_frames
     b, m = statistics.median(backbone_ms[skip:]), statistics.median(model_ms[skip:])
     return {"latency_backbone_ms": b, "latency_model_ms": m, "fps_backbone": 1e3 / b, "fps_model": 1e3 / m,
-            "timed_frames": len(model_ms) - skip}
+            "timed_frames": len(model_ms) - skip, "timing_threads": config.threads}
 
 
 @dataclass
@@ -183,6 +183,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
             "gmacs_dense": float(np.mean([dense_gmacs[s] for s in dense_gmacs])),
             "frames": accountant.frames,
             "seed": config.seed,
+            "threads": config.threads,
             "unit_gmacs": "backbone GMACs per frame (multiply-accumulates; GFLOPs = 2 x GMACs)",
         })
         if timing:

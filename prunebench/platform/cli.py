@@ -109,6 +109,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--scene-cut-prob", type=float, default=defaults.scene_cut_prob)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes drawing videos (default: one per CPU; the files do not depend on it)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_run_synth)
 
@@ -118,7 +120,7 @@ def _run_synth(args: argparse.Namespace) -> dict[str, Any]:
 
     spec = SynthSpec(videos=args.videos, valid_videos=args.valid_videos, frames=args.frames, height=args.height,
                      width=args.width, seed=args.seed, scene_cut_prob=args.scene_cut_prob)
-    return generate(args.out, spec, overwrite=args.overwrite)
+    return generate(args.out, spec, overwrite=args.overwrite, workers=args.workers)
 
 
 def _add_metrics(sub: argparse._SubParsersAction) -> None:

@@ -53,7 +53,9 @@ class Scaling:
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join ``address`` / ``$RAY_ADDRESS``, or start a local Ray (all CPUs of this machine by default).
 
-    Worker output is forwarded to the driver's stderr, so training progress shows.
+    Worker output is forwarded to the driver's stderr, so training progress shows. A local Ray runs
+    its dashboard on 127.0.0.1: Train V2's placement-group cleaner needs the State API it serves
+    (without it the cleaner logs a warning every few seconds and cannot free a dead run's workers).
     """
     if ray.is_initialized():
         return
@@ -61,7 +63,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
 
 
 def worker_logging() -> None:

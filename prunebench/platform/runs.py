@@ -148,7 +148,9 @@ def run_demo(out: str, overrides: dict[str, Any], tracking_uri: str | None = Non
                              dense=dense["checkpoint"], threads=1),
         {"cpu": 1},
     )
+    # reuse_actors: the next trial runs in the finished one's process (torch etc. already imported)
     tuner = tune.Tuner(trainable, param_space={"variant": tune.grid_search([v.label for v in variants])},
+                       tune_config=tune.TuneConfig(reuse_actors=True),
                        run_config=tune.RunConfig(name="demo-finetune", storage_path=str((Path(out) / "ray_results").resolve()),
                                                  callbacks=[callback], verbose=1))
     grid = tuner.fit()

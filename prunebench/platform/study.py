@@ -54,6 +54,9 @@ def finetune_and_evaluate(config: ExperimentConfig, dense: str, reports: int, th
     every checkpoint afterwards, one at a time; ``prunebench eval`` times one checkpoint)."""
     worker_logging()
     torch.set_num_threads(threads)
+    # evaluation sets its own thread count: keep it to the trial's CPUs (more would oversubscribe
+    # the cores shared with concurrent trials, several times slower with OpenMP's busy-waiting)
+    config = replace(config, eval=replace(config.eval, threads=threads))
     node = ray.get_runtime_context().get_node_id()
     prepared = prepare_stage(config, "finetune", dense)
     every = max(1, prepared.optim.steps // reports)
