@@ -3,13 +3,16 @@
 Every section and key is checked; an unknown key or a value of the wrong type stops with one line
 naming it. ``--set section.key=value`` overrides are applied before validation (values parsed as
 YAML). Method parameters (``method.params``) are validated against the method when the model is
-built.
+built. Relative paths (``out``, ``data.root``, ``model.pretrained``) are made absolute against the
+working directory of the process that loads the config: Ray workers and Tune trials (which run in
+their trial folder) then read and write the same files as the driver.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -157,4 +160,14 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
     config = build_dataclass(ExperimentConfig, raw, unknown=lambda k, allowed: f"{where}: unknown key '{k}'; allowed: {allowed}",
                              wrong=lambda k, v, e: f"{where}: {k}={v!r} has the wrong type; allowed: {e}")
     config.validate()
-    return config
+    return _absolute_paths(config)
+
+
+def _absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
+    pretrained = config.model.pretrained
+    return replace(
+        config,
+        out=os.path.abspath(config.out),
+        data=replace(config.data, root=os.path.abspath(config.data.root)),
+        model=replace(config.model, pretrained=None if pretrained is None else os.path.abspath(pretrained)),
+    )
