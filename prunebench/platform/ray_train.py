@@ -55,7 +55,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
 
     Worker output is forwarded to the driver's stderr, so training progress shows. A local Ray runs
     its dashboard on 127.0.0.1: Train V2's placement-group cleaner needs the State API it serves
-    (without it the cleaner logs a warning every few seconds and cannot free a dead run's workers).
+    (without it the cleaner logs a warning every second and cannot free a dead run's workers).
     """
     if ray.is_initialized():
         return
