@@ -18,7 +18,8 @@ import torch
 
 from prunebench.evaluation.accounting import TokenAccountant
 from prunebench.evaluation.flops import backbone_cost
-from prunebench.models.vit import PrunableViT
+from prunebench.models.presets import params_for_target
+from prunebench.models.vit import PrunableViT, create_backbone
 
 
 def calibrate(model: PrunableViT, frames: list[torch.Tensor], steps: int, lr: float = 0.05) -> None:
@@ -44,6 +45,16 @@ def calibrate(model: PrunableViT, frames: list[torch.Tensor], steps: int, lr: fl
     model.eval()
 
 
+def preset_model(backbone: str, method: str, target: float, calibration_frames: list[torch.Tensor],
+                 steps: int, seed: int = 0) -> PrunableViT:
+    """``method`` (``dense``: no pruning) at its preset for goal PKR ``target``, seeded random weights,
+    selectors calibrated on ``calibration_frames``; in eval mode."""
+    torch.manual_seed(seed)
+    model = create_backbone(backbone, method, {} if method == "dense" else params_for_target(method, target))
+    calibrate(model, calibration_frames, steps)
+    return model.eval()
+
+
 def time_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]], warmup: int) -> list[float]:
     """Per-frame latency (ms) over ``(new video?, frame)`` pairs, state carried, after ``warmup`` frames."""
     generator = torch.Generator().manual_seed(0)
@@ -61,9 +72,10 @@ def time_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]], war
 
 
 def cost_over_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]]) -> tuple[float, float]:
-    """Mean GMACs per frame and PKR over the frames (state carried, seeded noise)."""
+    """Mean GMACs per frame and PKR over the frames (inference path: eval mode, state carried, seeded noise)."""
     generator = torch.Generator().manual_seed(0)
     accountant, gmacs, state = TokenAccountant(), [], None
+    model.eval()
     for first, frame in frames:
         cost = backbone_cost(model, frame, state=None if first else state, generator=generator)
         accountant.update(cost.output.block_keep)
