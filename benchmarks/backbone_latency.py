@@ -23,9 +23,8 @@ import time
 import prunebench  # noqa: F401  (torchvision guard before timm)
 import torch
 
-from prunebench.evaluation.bench import calibrate, compare
-from prunebench.models import create_backbone
-from prunebench.models.presets import params_for_target, pruning_methods
+from prunebench.evaluation.bench import compare, preset_model
+from prunebench.models.presets import pruning_methods
 
 
 def video(count: int, size: tuple[int, int], seed: int) -> list[torch.Tensor]:
@@ -36,10 +35,8 @@ def video(count: int, size: tuple[int, int], seed: int) -> list[torch.Tensor]:
 
 
 def build(backbone: str, method: str, steps: int, size: tuple[int, int]) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = create_backbone(backbone, method, {} if method == "dense" else params_for_target(method, 0.40))
-    calibrate(model, video(2, (size[0] // 2, size[1] // 2), seed=123), steps)
-    return model.eval()
+    """``method`` at its PKR-0.40 preset, calibrated on two half-size frames."""
+    return preset_model(backbone, method, 0.40, video(2, (size[0] // 2, size[1] // 2), seed=123), steps)
 
 
 def batching_table(backbone: str, size: tuple[int, int], batch: int, runs: int, steps: int) -> list[str]:

@@ -26,6 +26,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as JSON to ``path`` atomically."""
     with atomic_path(path) as tmp:

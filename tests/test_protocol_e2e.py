@@ -91,8 +91,7 @@ def test_demo_end_to_end_on_tiny_settings(tmp_path, capsys):
     runs = client.search_runs([result["mlflow_experiment_id"]], filter_string="tags.`prunebench.kind` = 'eval'")
     assert len(runs) == 9 and all("fps_model" in r.data.metrics for r in runs)
     assert all(r.info.status == "FINISHED" for r in runs)
-    report_rows = json.loads(json.dumps(result["report_files"]))
-    assert any(f.endswith("report.html") for f in report_rows)
+    assert any(f.endswith("report.html") for f in result["report_files"])
     import pyarrow.parquet as pq
 
     board = pq.read_table(out / "report" / "leaderboard.parquet").to_pylist()

@@ -9,7 +9,7 @@ in order.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,3 +134,12 @@ def video_frames(video: Video, max_size: int | None) -> Iterator[Tensor]:
     """A video's frames in order, each ``(1, 3, Hp, Wp)``."""
     for t in range(len(video)):
         yield prepare_image(video.load_frame(t), max_size)[None]
+
+
+def cycled_frames(videos: Sequence[Video], max_size: int | None) -> Iterator[tuple[bool, Tensor]]:
+    """``(first frame of its video?, frame)`` over the videos in order, starting again at the end
+    (for timing as many frames as asked); stop it with ``itertools.islice``."""
+    while True:
+        for video in videos:
+            for t, image in enumerate(video_frames(video, max_size)):
+                yield t == 0, image

@@ -15,6 +15,7 @@ instance's mean area at the video's resolution; a bucket without instances is No
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections import defaultdict
@@ -29,7 +30,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from prunebench.config import EvalConfig
-from prunebench.data.pipeline import content_size, prepare_masks, video_frames
+from prunebench.data.pipeline import content_size, cycled_frames, prepare_masks, video_frames
 from prunebench.data.ytvis import Video, YTVISDataset
 from prunebench.evaluation.accounting import TokenAccountant
 from prunebench.evaluation.flops import backbone_cost
@@ -106,27 +107,23 @@ def _measure_fps(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max
     needed = config.warmup_frames + config.timing_frames
     backbone_ms, model_ms = [], []
     tracker = QueryTracker(config.top_k, config.nms_iou)
-    while len(model_ms) < needed:  # cycle through the videos until enough frames were timed
-        for video in dataset.videos:
+    state = None
+    for first, image in itertools.islice(cycled_frames(dataset.videos, max_size), needed):
+        if first:
             state = None
             tracker.reset()
-            for image in video_frames(video, max_size):
-                image = image.to(device)
-                ms, out = timer(lambda: model.backbone(image, state=state, generator=generator))
-                backbone_ms.append(ms)
+        image = image.to(device)
+        ms, _ = timer(lambda: model.backbone(image, state=state, generator=generator))
+        backbone_ms.append(ms)
 
-                def whole() -> Any:
-                    frame = model(image, state=state, generator=generator)
-                    tracker.step(frame.class_logits[0], frame.mask_logits[0], frame.query_embeddings[0])
-                    return frame
+        def whole() -> Any:
+            frame = model(image, state=state, generator=generator)
+            tracker.step(frame.class_logits[0], frame.mask_logits[0], frame.query_embeddings[0])
+            return frame
 
-                ms, frame = timer(whole)
-                model_ms.append(ms)
-                state = frame.backbone.state
-                if len(model_ms) >= needed:
-                    break
-            if len(model_ms) >= needed:
-                break
+        ms, frame = timer(whole)
+        model_ms.append(ms)
+        state = frame.backbone.state
     skip = config.warmup_frames
     b, m = statistics.median(backbone_ms[skip:]), statistics.median(model_ms[skip:])
     return {"latency_backbone_ms": b, "latency_model_ms": m, "fps_backbone": 1e3 / b, "fps_model": 1e3 / m,

@@ -217,13 +217,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    import itertools
+
     import torch
 
     from prunebench.config import load_config
-    from prunebench.data.pipeline import prepare_image
-    from prunebench.evaluation.bench import calibrate, compare
-    from prunebench.models.presets import params_for_target, pruning_methods
-    from prunebench.models.vit import create_backbone
+    from prunebench.data.pipeline import cycled_frames
+    from prunebench.evaluation.bench import compare, preset_model
+    from prunebench.models.presets import pruning_methods
     from prunebench.training.protocol import load_datasets
 
     config = load_config(args.config, parse_assignments(args.overrides))
@@ -231,18 +232,10 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--frames {args.frames} / --warmup {args.warmup}: allowed: frames >= 1, warmup >= 0")
     _, valid = load_datasets(config)
     torch.set_num_threads(config.eval.threads)
-    frames = []
-    while len(frames) < args.frames + args.warmup:
-        for video in valid.videos:
-            for t in range(len(video)):
-                frames.append((t == 0, prepare_image(video.load_frame(t), config.data.max_size)[None]))
-    frames = frames[: args.frames + args.warmup]
-    models = {}
-    for method in ["dense", *pruning_methods()]:
-        torch.manual_seed(config.seed)
-        params = {} if method == "dense" else params_for_target(method, args.target)
-        models[method] = create_backbone(config.model.backbone, method, params)
-        calibrate(models[method], [f for _, f in frames[:2]], args.calibration_steps)
+    frames = list(itertools.islice(cycled_frames(valid.videos, config.data.max_size), args.frames + args.warmup))
+    calibration = [f for _, f in frames[:2]]
+    models = {m: preset_model(config.model.backbone, m, args.target, calibration, args.calibration_steps, config.seed)
+              for m in ["dense", *pruning_methods()]}
     rows = compare(models, frames, args.warmup)
     return {**rows, "settings": {"backbone": config.model.backbone, "target": args.target, "frames": args.frames,
                                  "warmup": args.warmup, "threads": config.eval.threads,

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from prunebench.atomic import atomic_path  # noqa: E402
+from prunebench.atomic import atomic_path, write_bytes  # noqa: E402
 from prunebench.reports.leaderboard import (  # noqa: E402
     BLOCKS,
     EvalRun,
@@ -159,11 +159,6 @@ _SELF_CHECK = """<script>window.addEventListener('load', function () {
 });</script>"""
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def write_report(tracking_uri: str, out: str | Path, experiment: str | None = None,
                  targets: tuple[float, ...] = (0.55, 0.40)) -> dict[str, Any]:
     """Fetch the runs once, build everything, write the files; return the leaderboard and file list."""
@@ -171,26 +166,25 @@ def write_report(tracking_uri: str, out: str | Path, experiment: str | None = No
     boards = build_leaderboards(runs, targets)
     out = Path(out)
     files: list[str] = []
+
+    def save(name: str, data: bytes) -> None:
+        files.append(str(write_bytes(out / name, data)))
+
     sections, records = [], []
     text = markdown(boards)
-    _write_bytes(out / "leaderboard.md", (text + "\n").encode())
-    files.append(str(out / "leaderboard.md"))
+    save("leaderboard.md", (text + "\n").encode())
     for index, board in enumerate(boards):
         board_runs = [r for r in runs if (r.backbone, r.dataset) == (board.backbone, board.dataset)]
         suffix = "" if len(boards) == 1 else f"_{index}"
         figures, volumes = {}, []
         for axis in AXES:
             png, fronts = pareto_figure(board, board_runs, axis)
-            name = f"pareto_{axis}{suffix}.png"
-            _write_bytes(out / name, png)
-            files.append(str(out / name))
-            figures[name] = png
+            figures[f"pareto_{axis}{suffix}.png"] = png
             volumes += [{"axis": axis, "method": m, "hypervolume": d["hypervolume"], "reference": d["reference"],
                          "front_size": len(d["front"])} for m, d in fronts.items()]
-        density = density_figure(board)
-        _write_bytes(out / f"density{suffix}.png", density)
-        files.append(str(out / f"density{suffix}.png"))
-        figures[f"density{suffix}.png"] = density
+        figures[f"density{suffix}.png"] = density_figure(board)
+        for name, png in figures.items():
+            save(name, png)
         board_records = [r.as_dict() for r in board.rows]
         records += board_records
         images = "".join(f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}">'
@@ -211,6 +205,5 @@ def write_report(tracking_uri: str, out: str | Path, experiment: str | None = No
             f"<h1>prunebench report</h1><p>{len(runs)} evaluation runs from <code>{html.escape(tracking_uri)}</code>"
             f"{' (experiment ' + html.escape(experiment) + ')' if experiment else ''}.</p>{''.join(sections)}"
             f"<p>{html.escape(text.splitlines()[-1])}</p>{_SELF_CHECK}</body></html>")
-    _write_bytes(out / "report.html", page.encode())
-    files.append(str(out / "report.html"))
+    save("report.html", page.encode())
     return {"leaderboard": records, "markdown": text, "files": files}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import yaml
 
-from prunebench.atomic import atomic_path, write_json
+from prunebench.atomic import write_bytes, write_json
 from prunebench.config import ExperimentConfig, OptimConfig
 from prunebench.data.pipeline import ClipSampler
 from prunebench.data.synth import generate
@@ -144,8 +144,7 @@ def evaluate_checkpoint(config: ExperimentConfig, checkpoint: str | Path, out: s
                     "dataset_sha256": valid_set.sha256, "results": str(folder / "results.json")})
     write_json(folder / "results.json", evaluation.results)
     write_json(folder / "metrics.json", metrics)
-    with atomic_path(folder / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    write_bytes(folder / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode())
     blocks = sorted({0, *model.backbone.method.positions, model.backbone.depth - 1})
     keep_mask_figure(evaluation.examples, blocks, folder / "keep_masks.png", title=f"{meta['method']} {resolved}")
     return metrics
