@@ -21,6 +21,7 @@ import yaml
 from prunebench.data.synth import SynthSpec
 from prunebench.errors import ConfigError
 from prunebench.models.vis_model import HeadConfig
+from prunebench.training.convergence import ConvergenceRule
 from prunebench.typed import build_dataclass
 
 
@@ -86,6 +87,23 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class BenchmarkConfig:
+    """The leaderboard run (``prunebench benchmark``): methods × keep settings × seeds, compared at goal PKRs.
+
+    Each method is fine-tuned at every setting in ``settings``: a PKR that the method's own schedule
+    formula implies for its parameters (``models.presets.params_for_pkr``), so that the measured
+    PKRs bracket every goal. ``params`` may instead list explicit parameter sets per method.
+    """
+
+    methods: tuple[str, ...] = ("vpp", "dynamicvit", "tps", "svit", "random", "oracle")
+    goals: tuple[float, ...] = (0.55, 0.40)
+    settings: tuple[float, ...] = (0.33, 0.47, 0.62)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    params: dict[str, Any] = field(default_factory=dict)  # method -> list of explicit parameter sets
+    cpus_per_trial: int = 1
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment: data, model, method, the two training stages, evaluation."""
 
@@ -99,6 +117,8 @@ class ExperimentConfig:
     train: OptimConfig = field(default_factory=OptimConfig)
     finetune: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    convergence: ConvergenceRule = field(default_factory=ConvergenceRule)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
     def validate(self) -> None:
         """Ranges that types alone do not catch."""

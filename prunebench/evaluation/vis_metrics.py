@@ -91,11 +91,7 @@ def _percent(value: float) -> float | None:
 def _summary(evaluator: COCOeval) -> dict[str, float | None]:
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    stats = evaluator.stats
-    values = dict(zip(SUMMARY_KEYS, (stats[0], stats[1], stats[2], stats[3], stats[4], stats[5], stats[6], stats[7])))
-    return {k: _percent(v) for k, v in values.items()}
+    return _accumulated(evaluator)
 
 
 def _index(dataset: dict[str, Any]) -> COCO:
@@ -127,8 +123,8 @@ def check_results(results: Any, gt: dict[str, Any], source: str = "results") -> 
             )
 
 
-def video_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float | None]:
-    """YouTube-VIS AP, AP50, AP75, APs/m/l, AR1, AR10 (percent; None where undefined)."""
+def _video_evaluation(gt: dict[str, Any], results: list[dict[str, Any]]) -> _VideoEval:
+    """The video evaluator with every video's detections matched (``evaluate`` done once)."""
     tubes: dict[int, list[dict[str, Any] | None]] = {}
     images = [{"id": v["id"]} for v in gt["videos"]]
 
@@ -148,7 +144,34 @@ def video_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, flo
     categories = copy.deepcopy(gt["categories"])
     coco_gt = _index({"images": images, "annotations": gt_anns, "categories": categories})
     coco_dt = _index({"images": images, "annotations": dt_anns, "categories": categories})
-    return _summary(_VideoEval(coco_gt, coco_dt, tubes))
+    evaluator = _VideoEval(coco_gt, coco_dt, tubes)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+    return evaluator
+
+
+def _accumulated(evaluator: COCOeval, image_ids: list[int] | None = None) -> dict[str, float | None]:
+    """Summary of an evaluated COCOeval over ``image_ids`` (default: all); matching is not redone."""
+    params = copy.copy(evaluator.params)
+    if image_ids is not None:
+        params.imgIds = image_ids
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.accumulate(params)
+        evaluator.summarize()
+    stats = evaluator.stats
+    return {k: _percent(v) for k, v in zip(SUMMARY_KEYS, stats[:len(SUMMARY_KEYS)])}
+
+
+def video_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float | None]:
+    """YouTube-VIS AP, AP50, AP75, APs/m/l, AR1, AR10 (percent; None where undefined)."""
+    return _accumulated(_video_evaluation(gt, results))
+
+
+def per_video_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Video AP of each video on its own (percent, keyed by the video id as a string; None where the
+    video has no ground truth). The statistical unit of the leaderboard's paired test."""
+    evaluator = _video_evaluation(gt, results)
+    return {str(v["id"]): _accumulated(evaluator, [v["id"]])["AP"] for v in gt["videos"]}
 
 
 def frame_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float | None]:

@@ -1,4 +1,4 @@
-"""Method parameters that aim at a goal PKR (the paper's 55 % and 40 % settings).
+"""Method parameters that aim at a goal PKR: the paper's 55 % and 40 % settings, and any PKR in between.
 
 - DynamicViT / TPS: ρ = 0.6 and 0.4 give PKR 0.544 / 0.406 with pruning before blocks 3, 6, 9
   (exactly VPP Table 2's baselines; methods.md §0.5).
@@ -9,9 +9,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from scipy.optimize import brentq
+
 from prunebench.errors import ConfigError
+from prunebench.models.registry import build_method
 
 PKR_TARGETS = (0.55, 0.40)
 
@@ -37,3 +41,46 @@ def params_for_target(method: str, target: float) -> dict[str, Any]:
 def pruning_methods() -> list[str]:
     """Methods that have target presets (every pruning method of the benchmark)."""
     return sorted(_PRESETS)
+
+
+#: the one-dimensional family of parameters along which each method's keep level moves, and its range.
+#: VPP moves on the line through the two official configurations, (κ 0.7, q 0.8) and (κ 0.6, q 0.7).
+_FAMILIES: dict[str, tuple[Callable[[float], dict[str, Any]], float, float]] = {
+    "dynamicvit": (lambda x: {"rho": x}, 0.05, 1.0),
+    "tps": (lambda x: {"rho": x}, 0.05, 1.0),
+    "random": (lambda x: {"rho": x}, 0.05, 1.0),
+    "oracle": (lambda x: {"rho": x}, 0.05, 1.0),
+    "svit": (lambda x: {"q": x}, 0.05, 1.0),
+    "vpp": (lambda x: {"kappa": x - 0.1, "q": x}, 0.15, 1.0),
+}
+
+
+def implied_pkr(method: str, params: dict[str, Any], depth: int = 12) -> float:
+    """PKR (paper Eq. 8) that ``method``'s stage targets imply: the mean over blocks of the cumulative
+    keep target in force at each block (1 before the first stage; VPP's dense first frame ignored)."""
+    targets = build_method(method, params, dim=8, depth=depth).stage_targets()
+    in_force, total = 1.0, 0.0
+    for block in range(depth):
+        in_force = targets.get(block, in_force)
+        total += in_force
+    return total / depth
+
+
+def params_for_pkr(method: str, pkr: float, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Parameters of ``method`` whose schedule formula implies PKR ``pkr`` (on the method's family above).
+
+    ``base`` holds fixed parameters (positions, ...) the family's parameters are added to.
+    """
+    if method not in _FAMILIES:
+        raise ConfigError(f"no keep schedule for method '{method}'; allowed: {', '.join(sorted(_FAMILIES))}")
+    family, low, high = _FAMILIES[method]
+    base = dict(base or {})
+
+    def gap(x: float) -> float:
+        return implied_pkr(method, {**base, **family(x)}) - pkr
+
+    if not gap(low) <= 0 <= gap(high):
+        reach = (implied_pkr(method, {**base, **family(low)}), implied_pkr(method, {**base, **family(high)}))
+        raise ConfigError(f"{method}: a setting at PKR {pkr} is out of reach; allowed: {reach[0]:.3f}..{reach[1]:.3f}")
+    x = brentq(gap, low, high, xtol=1e-6)
+    return {**base, **{k: round(v, 4) for k, v in family(x).items()}}

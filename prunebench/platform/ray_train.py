@@ -31,7 +31,7 @@ from ray.train.torch import TorchTrainer
 
 from prunebench.atomic import atomic_path
 from prunebench.config import ExperimentConfig, load_config
-from prunebench.training.checkpoint import load_weights, read_meta, save_checkpoint
+from prunebench.training.checkpoint import read_checkpoint, save_checkpoint
 from prunebench.training.loop import LogEvery, StepMetrics, mean_metrics, train_steps
 from prunebench.training.protocol import log_progress, prepare_stage
 from prunebench.typed import to_dict
@@ -90,9 +90,10 @@ def _worker(loop_config: dict[str, Any]) -> None:
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as folder:
-            load_weights(Path(folder) / WEIGHTS, model)
+            saved = read_checkpoint(Path(folder) / WEIGHTS)
+            saved.load_into(model)
             optimizer_state = torch.load(Path(folder) / OPTIMIZER, map_location="cpu", weights_only=True)
-            start = read_meta(Path(folder) / WEIGHTS)["step"]
+            start = saved.meta["step"]
         log.info("rank %d resumes at step %d", rank, start)
     steps_per_epoch = max(1, len(prepared.sampler) // (optim.batch_size * world))
     kill_at = int(os.environ.get("PRUNEBENCH_FAULT_KILL_AT_STEP", "0"))

@@ -187,6 +187,10 @@ class Tracker:
         """Copy a file into the run's artifacts."""
         self._write(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
 
+    def log_dict(self, run_id: str, data: Any, artifact_file: str) -> None:
+        """Write ``data`` as a JSON artifact of the run (no file of ours on disk)."""
+        self._write(lambda: self.client.log_dict(run_id, data, artifact_file))
+
     def end(self, run_id: str, ok: bool = True) -> None:
         """Mark a run FINISHED (or FAILED)."""
         status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)

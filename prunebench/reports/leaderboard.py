@@ -1,15 +1,22 @@
 """The leaderboard, from MLflow evaluation runs.
 
-Runs are fetched once (``search_runs`` over the experiment, filtered to ``prunebench.kind = eval``)
-into one table; everything else works on that table. Groups of runs with a different backbone or
-dataset are never averaged together: each (backbone, dataset) group gets its own leaderboard.
+Runs are fetched once (``search_runs`` over the experiment, ``prunebench.kind = eval``, finished)
+into one table; everything else works on that table. Runs of a different backbone or dataset are
+never averaged together: each (backbone, dataset) group gets its own leaderboard.
 
-Each row is one method at one PKR target bucket (55 %, 40 % by default): runs tagged with a target
-go to that bucket; runs without one (tuning trials) go to the bucket whose target is within
-``tolerance`` of their measured PKR. Several runs in a row (seeds) give mean ± std. ΔAP is against
-the group's dense model. ``AP@target`` is the AP of the method's Pareto front (AP up, PKR down,
-over all its runs in the group) linearly interpolated at exactly the target PKR, so methods that miss
-the target are compared fairly; it is None outside the front's PKR range.
+Two tables per group:
+
+- **settings**: one row per method × keep setting (the points a method was fine-tuned at; a tuning
+  trial is a setting of its own), mean ± std over seeds of PKR, AP, frame mAP, GMACs, FPS, IoI,
+  and how many of its runs converged.
+- **goals**: one row per method × goal PKR. For each seed, the method's own (measured PKR, AP)
+  curve over its settings is interpolated linearly at exactly the goal; a seed whose PKRs do not
+  bracket the goal gives nothing (never extrapolated), and the row has an AP@goal only if every
+  seed brackets it. AP@goal is the mean over seeds with a Student-t 95 % interval; ΔAP against the
+  dense model and against the ``random`` control (paired by seed) come with their intervals; a
+  row is marked significantly different from VPP when the two-sided Wilcoxon signed-rank test over
+  (seed, validation video) pairs of per-video AP at the goal gives p < 0.05
+  (``reports.statistics``). Rows whose runs did not all converge are listed but not ranked.
 """
 
 from __future__ import annotations
@@ -24,11 +31,21 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from prunebench.errors import ConfigError
-from prunebench.reports.pareto import pareto_front
+from prunebench.reports.statistics import (
+    ALPHA,
+    bracket,
+    interpolate_scores,
+    mean_ci,
+    paired_difference_ci,
+    paired_test,
+)
 
 METRICS = ("AP", "AP50", "AP75", "mAP_bbox", "mAP_segm", "pkr", "gmacs", "gmacs_dense", "fps_backbone", "fps_model",
            "ioi_all", "ioi_S", "ioi_M", "ioi_L")
+PER_VIDEO = "per_video_AP_"
 BLOCKS = 12
+CONTROL = "random"
+REFERENCE = "vpp"
 
 
 @dataclass
@@ -37,16 +54,40 @@ class EvalRun:
 
     run_id: str
     method: str
-    target: float | None
+    setting: str
     backbone: str
     dataset: str
     seed: str
     metrics: dict[str, float]
     per_block_keep: list[float] | None
+    per_video: dict[str, float] = field(default_factory=dict)
+    converged: bool | None = None
+    final_keep: dict[str, float] = field(default_factory=dict)
+    target_keep: dict[str, float] = field(default_factory=dict)
+
+
+def _prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def _as_run(run: Any) -> EvalRun:
+    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    keep = [metrics.get(f"per_block_keep_{i:02d}") for i in range(BLOCKS)]
+    setting = tags.get("setting") or tags.get("target") or f"trial {run.info.run_id[:8]}"
+    return EvalRun(
+        run_id=run.info.run_id, method=tags.get("method", params.get("method", "?")), setting=setting,
+        backbone=tags.get("backbone", params.get("backbone", "?")),
+        dataset=tags.get("dataset", params.get("dataset_sha256", "?")), seed=tags.get("seed", params.get("seed", "?")),
+        metrics={k: metrics[k] for k in METRICS if k in metrics},
+        per_block_keep=None if any(v is None for v in keep) else keep,
+        per_video=_prefixed(metrics, PER_VIDEO),
+        converged=None if "converged" not in metrics else bool(metrics["converged"]),
+        final_keep=_prefixed(metrics, "final_keep_"), target_keep=_prefixed(metrics, "target_keep_"),
+    )
 
 
 def fetch_runs(tracking_uri: str, experiment: str | None = None) -> list[EvalRun]:
-    """Every evaluation run of ``experiment`` (all experiments if None), fetched in pages."""
+    """Every finished evaluation run of ``experiment`` (all experiments if None), fetched in pages."""
     client = MlflowClient(tracking_uri)
     experiments = client.search_experiments()
     if experiment is not None:
@@ -63,51 +104,7 @@ def fetch_runs(tracking_uri: str, experiment: str | None = None) -> list[EvalRun
         token = page.token
         if not token:
             break
-    out = []
-    for run in runs:
-        tags, metrics = run.data.tags, run.data.metrics
-        keep = [metrics.get(f"per_block_keep_{i:02d}") for i in range(BLOCKS)]
-        target = tags.get("target") or ""
-        out.append(EvalRun(
-            run_id=run.info.run_id, method=tags.get("method", run.data.params.get("method", "?")),
-            target=float(target) if target else None, backbone=tags.get("backbone", run.data.params.get("backbone", "?")),
-            dataset=tags.get("dataset", run.data.params.get("dataset_sha256", "?")),
-            seed=run.data.params.get("seed", "?") + "/" + run.data.params.get("eval.seed", "0"),
-            metrics={k: metrics[k] for k in METRICS if k in metrics},
-            per_block_keep=None if any(v is None for v in keep) else keep,
-        ))
-    return out
-
-
-@dataclass
-class Row:
-    """One leaderboard row: a method at a target bucket (or the dense model)."""
-
-    backbone: str
-    dataset: str
-    method: str
-    target: float | None
-    runs: list[EvalRun]
-    mean: dict[str, float | None] = field(default_factory=dict)
-    std: dict[str, float | None] = field(default_factory=dict)
-    delta_ap: float | None = None
-    ap_at_target: float | None = None
-
-    @property
-    def seeds(self) -> int:
-        """How many runs (seeds) the row averages."""
-        return len(self.runs)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Flat record for tables and Parquet."""
-        record: dict[str, Any] = {"backbone": self.backbone, "dataset": self.dataset, "method": self.method,
-                                  "target": self.target, "seeds": self.seeds}
-        for key in METRICS:
-            record[key] = self.mean.get(key)
-            record[f"{key}_std"] = self.std.get(key)
-        record["delta_AP"] = self.delta_ap
-        record["AP_at_target"] = self.ap_at_target
-        return record
+    return [_as_run(r) for r in runs]
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -116,40 +113,189 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def interpolate_at(front: Sequence[dict[str, Any]], target: float) -> float | None:
-    """AP of a front (sorted by PKR) linearly interpolated at PKR = ``target``; None outside it."""
-    points = sorted((r["pkr"], r["AP"]) for r in front)
-    if not points or not points[0][0] - 1e-9 <= target <= points[-1][0] + 1e-9:
-        return None
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if x0 <= target <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (target - x0) / (x1 - x0)
-    return points[0][1]
+@dataclass
+class SettingRow:
+    """A method at one keep setting, over its seeds (or the dense model)."""
+
+    method: str
+    setting: str
+    runs: list[EvalRun]
+    mean: dict[str, float | None] = field(default_factory=dict)
+    std: dict[str, float | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in METRICS:
+            self.mean[key], self.std[key] = _mean_std([r.metrics[key] for r in self.runs if key in r.metrics])
+
+    @property
+    def seeds(self) -> int:
+        """How many runs (seeds) the row averages."""
+        return len(self.runs)
+
+    @property
+    def converged(self) -> str:
+        """``k/n`` runs converged (``–`` when the runs carry no verdict, e.g. the dense model)."""
+        judged = [r.converged for r in self.runs if r.converged is not None]
+        return f"{sum(judged)}/{len(judged)}" if judged else "–"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat record for tables and Parquet."""
+        record: dict[str, Any] = {"method": self.method, "setting": self.setting, "seeds": self.seeds,
+                                  "converged": self.converged}
+        for key in METRICS:
+            record[key] = self.mean.get(key)
+            record[f"{key}_std"] = self.std.get(key)
+        return record
+
+
+@dataclass
+class SeedPoint:
+    """A method's value at a goal for one seed, and the runs it was interpolated from."""
+
+    ap: float
+    per_video: dict[str, float]
+    runs: list[EvalRun]
+
+
+@dataclass
+class GoalRow:
+    """A method at one goal PKR: AP@goal over seeds, its intervals and tests (``as_dict``: the JSON contract)."""
+
+    method: str
+    goal: float
+    seeds: dict[str, SeedPoint]  # only when every seed brackets the goal
+    total_seeds: int
+    nearest: SettingRow | None
+    ap_at_goal: float | None = None
+    ap_ci: tuple[float, float] | None = None
+    delta_ap_dense: float | None = None
+    delta_ap_dense_ci: tuple[float, float] | None = None
+    delta_ap_random: float | None = None
+    delta_ap_random_ci: tuple[float, float] | None = None
+    p_vs_vpp: float | None = None
+    rank: int | None = None
+
+    @property
+    def bracketed(self) -> bool:
+        """Every seed's measured PKRs enclose the goal."""
+        return bool(self.seeds) and len(self.seeds) == self.total_seeds
+
+    @property
+    def used_runs(self) -> list[EvalRun]:
+        """The runs the AP@goal was interpolated from."""
+        return [r for point in self.seeds.values() for r in point.runs]
+
+    @property
+    def converged(self) -> bool | None:
+        """All runs behind the AP@goal converged (None: nothing to judge)."""
+        judged = [r.converged for r in self.used_runs if r.converged is not None]
+        return all(judged) if judged else None
+
+    @property
+    def significant_vs_vpp(self) -> bool | None:
+        """p < 0.05 in the paired test against VPP (None: not tested)."""
+        return None if self.p_vs_vpp is None else self.p_vs_vpp < ALPHA
+
+    def pkr_bracket(self) -> list[float] | None:
+        """Mean measured PKR of the runs behind AP@goal below and above the goal (or of the nearest setting)."""
+        runs = self.used_runs
+        below = [r.metrics["pkr"] for r in runs if r.metrics["pkr"] <= self.goal]
+        above = [r.metrics["pkr"] for r in runs if r.metrics["pkr"] > self.goal]
+        if below and above:
+            return [statistics.fmean(below), statistics.fmean(above)]
+        nearest = self.nearest.mean.get("pkr") if self.nearest else None
+        return None if nearest is None else [nearest]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The leaderboard row of the JSON contract (plus the intervals and p-value)."""
+        judged = [r.converged for r in self.used_runs if r.converged is not None]
+        return {
+            "method": self.method, "goal_pkr": self.goal, "rank": self.rank, "ap_at_goal": self.ap_at_goal,
+            "ap_ci": None if self.ap_ci is None else list(self.ap_ci), "delta_ap_dense": self.delta_ap_dense,
+            "delta_ap_dense_ci": None if self.delta_ap_dense_ci is None else list(self.delta_ap_dense_ci),
+            "delta_ap_random": self.delta_ap_random,
+            "delta_ap_random_ci": None if self.delta_ap_random_ci is None else list(self.delta_ap_random_ci),
+            "p_vs_vpp": self.p_vs_vpp, "significant_vs_vpp": self.significant_vs_vpp, "converged": self.converged,
+            "converged_runs": f"{sum(judged)}/{len(judged)}" if judged else None, "seeds": self.total_seeds,
+            "bracketed": self.bracketed, "pkr": self.pkr_bracket(),
+            "ap_nearest": None if self.nearest is None else self.nearest.mean.get("AP"),
+            "setting_nearest": None if self.nearest is None else self.nearest.setting,
+        }
 
 
 @dataclass
 class Leaderboard:
-    """Rows of one (backbone, dataset) group, dense first, then method × target."""
+    """Tables of one (backbone, dataset) group."""
 
     backbone: str
     dataset: str
-    rows: list[Row]
+    dense: SettingRow
+    settings: list[SettingRow]
+    goals: list[GoalRow]
 
 
-def _bucket(run: EvalRun, targets: Sequence[float], tolerance: float) -> float | None:
-    if run.method == "dense":
+def _seed_point(runs: list[EvalRun], goal: float) -> SeedPoint | None:
+    points = [r for r in runs if "pkr" in r.metrics and "AP" in r.metrics]
+    found = bracket([r.metrics["pkr"] for r in points], goal)
+    if found is None:
         return None
-    if run.target is not None:
-        return next((t for t in targets if abs(t - run.target) < 1e-6), None)
-    pkr = run.metrics.get("pkr")
-    if pkr is None:
-        return None
-    nearest = min(targets, key=lambda t: abs(t - pkr))
-    return nearest if abs(nearest - pkr) <= tolerance else None
+    low, high, weight = found
+    pkrs = [r.metrics["pkr"] for r in points]
+    at_low = [r for r in points if r.metrics["pkr"] == pkrs[low]]
+    at_high = [r for r in points if r.metrics["pkr"] == pkrs[high]]
+    ap = (1 - weight) * statistics.fmean(r.metrics["AP"] for r in at_low) + weight * statistics.fmean(
+        r.metrics["AP"] for r in at_high)
+    per_video = interpolate_scores(pkrs, [r.per_video for r in points], goal) or {}
+    used = (at_low if weight < 1 else []) + (at_high if weight > 0 and high != low else [])
+    return SeedPoint(ap, per_video, used)
 
 
-def build_leaderboards(runs: list[EvalRun], targets: Sequence[float] = (0.55, 0.40),
-                       tolerance: float = 0.05) -> list[Leaderboard]:
+def _goal_row(method: str, goal: float, runs: list[EvalRun], settings: list[SettingRow], dense_ap: float | None) -> GoalRow:
+    by_seed: dict[str, list[EvalRun]] = defaultdict(list)
+    for run in runs:
+        by_seed[run.seed].append(run)
+    points = {seed: _seed_point(seed_runs, goal) for seed, seed_runs in by_seed.items()}
+    own = [s for s in settings if s.method == method and s.mean.get("pkr") is not None]
+    nearest = min(own, key=lambda s: abs(s.mean["pkr"] - goal), default=None)
+    row = GoalRow(method, goal, {s: p for s, p in points.items() if p is not None}, len(by_seed), nearest)
+    if row.bracketed:
+        values = [p.ap for p in row.seeds.values()]
+        row.ap_at_goal, row.ap_ci = mean_ci(values)
+        if dense_ap is not None:
+            row.delta_ap_dense, row.delta_ap_dense_ci = mean_ci([v - dense_ap for v in values])
+    return row
+
+
+def _compare(rows: list[GoalRow]) -> None:
+    """ΔAP against the random control (paired by seed) and the paired test against VPP (seed × video)."""
+    by_method = {r.method: r for r in rows}
+    control, reference = by_method.get(CONTROL), by_method.get(REFERENCE)
+    for row in rows:
+        if not row.bracketed:
+            continue
+        if control is not None and control.bracketed and row.method != CONTROL:
+            seeds = sorted(set(row.seeds) & set(control.seeds))
+            if seeds:
+                row.delta_ap_random, row.delta_ap_random_ci = paired_difference_ci(
+                    [row.seeds[s].ap for s in seeds], [control.seeds[s].ap for s in seeds])
+        if reference is not None and reference.bracketed and row.method != REFERENCE:
+            pairs = [(row.seeds[s].per_video[v], reference.seeds[s].per_video[v])
+                     for s in sorted(set(row.seeds) & set(reference.seeds))
+                     for v in sorted(set(row.seeds[s].per_video) & set(reference.seeds[s].per_video))]
+            if pairs:
+                row.p_vs_vpp = paired_test([a for a, _ in pairs], [b for _, b in pairs])
+
+
+def _rank(rows: list[GoalRow]) -> list[GoalRow]:
+    """Converged rows with an AP@goal ranked by it; the others listed after them, unranked."""
+    ranked = sorted((r for r in rows if r.converged and r.ap_at_goal is not None), key=lambda r: -r.ap_at_goal)
+    for position, row in enumerate(ranked, start=1):
+        row.rank = position
+    rest = sorted((r for r in rows if r.rank is None), key=lambda r: (r.ap_at_goal is None, -(r.ap_at_goal or 0.0)))
+    return ranked + rest
+
+
+def build_leaderboards(runs: list[EvalRun], goals: Sequence[float] = (0.55, 0.40)) -> list[Leaderboard]:
     """One leaderboard per (backbone, dataset); ConfigError if there is nothing to rank."""
     if not runs:
         raise ConfigError("no finished evaluation runs (tag prunebench.kind = eval) in the selected MLflow experiment(s)")
@@ -158,31 +304,24 @@ def build_leaderboards(runs: list[EvalRun], targets: Sequence[float] = (0.55, 0.
         groups[run.backbone, run.dataset].append(run)
     boards = []
     for (backbone, dataset), members in sorted(groups.items()):
-        dense = [r for r in members if r.method == "dense"]
-        if not dense:
+        dense_runs = [r for r in members if r.method == "dense"]
+        if not dense_runs:
             raise ConfigError(f"backbone {backbone}, dataset {dataset[:12]}: no dense baseline run; "
                               "evaluate the dense checkpoint (prunebench eval) before reporting")
-        cells: dict[tuple[str, float | None], list[EvalRun]] = defaultdict(list)
+        dense = SettingRow("dense", "dense", dense_runs)
+        cells: dict[tuple[str, str], list[EvalRun]] = defaultdict(list)
         for run in members:
-            bucket = _bucket(run, targets, tolerance)
-            if run.method == "dense" or bucket is not None:
-                cells[run.method, bucket].append(run)
-        rows = []
-        for (method, target), cell in cells.items():
-            row = Row(backbone, dataset, method, target, cell)
-            for key in METRICS:
-                row.mean[key], row.std[key] = _mean_std([r.metrics[key] for r in cell if key in r.metrics])
-            rows.append(row)
-        dense_ap = next(r for r in rows if r.method == "dense").mean.get("AP")
-        for row in rows:
-            if row.method != "dense" and dense_ap is not None and row.mean.get("AP") is not None:
-                row.delta_ap = row.mean["AP"] - dense_ap
-            if row.target is not None:
-                points = [{"pkr": r.metrics["pkr"], "AP": r.metrics["AP"]} for r in members
-                          if r.method == row.method and "pkr" in r.metrics and "AP" in r.metrics]
-                row.ap_at_target = interpolate_at(pareto_front(points, maximize="AP", minimize="pkr"), row.target)
-        rows.sort(key=lambda r: (r.method != "dense", -(r.target or 2.0), r.method))
-        boards.append(Leaderboard(backbone, dataset, rows))
+            if run.method != "dense":
+                cells[run.method, run.setting].append(run)
+        settings = [SettingRow(m, s, cell) for (m, s), cell in sorted(cells.items())]
+        methods = sorted({r.method for r in members if r.method != "dense"})
+        goal_rows = []
+        for goal in goals:
+            rows = [_goal_row(m, goal, [r for r in members if r.method == m], settings, dense.mean.get("AP"))
+                    for m in methods]
+            _compare(rows)
+            goal_rows += _rank(rows)
+        boards.append(Leaderboard(backbone, dataset, dense, settings, goal_rows))
     return boards
 
 
@@ -193,25 +332,66 @@ def _fmt(mean: float | None, std: float | None = None, digits: int = 1) -> str:
     return f"{text} ± {std:.{digits}f}" if std is not None else text
 
 
+def _ci(value: float | None, interval: tuple[float, float] | None, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    text = f"{value:+.1f}" if signed else f"{value:.1f}"
+    return text if interval is None else f"{text} [{interval[0]:.1f}, {interval[1]:.1f}]"
+
+
+def _goal_line(row: GoalRow) -> str:
+    if not row.bracketed:
+        ap = "not bracketed"
+    else:
+        ap = _ci(row.ap_at_goal, row.ap_ci)
+    test = "–" if row.p_vs_vpp is None else f"{'**yes**' if row.significant_vs_vpp else 'no'} (p {row.p_vs_vpp:.3f})"
+    conv = row.as_dict()["converged_runs"] or "–"
+    if row.converged is False:
+        conv = f"**no** ({conv})"
+    pkr = row.pkr_bracket()
+    pkr_text = "–" if pkr is None else " / ".join(f"{100 * p:.1f}" for p in pkr)
+    nearest = "–" if row.nearest is None else f"{_fmt(row.nearest.mean.get('AP'))} @ {_fmt(100 * row.nearest.mean['pkr'])}"
+    return (f"| {row.rank or '–'} | {row.method} | {ap} | {_ci(row.delta_ap_dense, row.delta_ap_dense_ci, True)} "
+            f"| {_ci(row.delta_ap_random, row.delta_ap_random_ci, True)} | {test} | {conv} | {row.total_seeds} "
+            f"| {pkr_text} | {nearest} |")
+
+
 def markdown(boards: list[Leaderboard]) -> str:
-    """The leaderboards in the layout of the paper's Table 2 (percent, PKR in %, GMACs per frame)."""
+    """The leaderboards: AP at each goal PKR with intervals and tests, then every setting (percent, GMACs per frame)."""
     parts = []
     for board in boards:
+        dense = board.dense
         parts.append(f"### {board.backbone} · dataset {board.dataset[:12]}\n")
-        parts.append("| method | goal PKR | PKR % | AP^bbox | AP^segm | AP | ΔAP | AP@goal | GMACs | FPS | seeds |")
-        parts.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for row in board.rows:
+        parts.append(f"Dense model: AP {_fmt(dense.mean.get('AP'), dense.std.get('AP'))}, "
+                     f"AP^bbox {_fmt(dense.mean.get('mAP_bbox'))}, AP^segm {_fmt(dense.mean.get('mAP_segm'))}, "
+                     f"GMACs {_fmt(dense.mean.get('gmacs'), digits=3)}, FPS {_fmt(dense.mean.get('fps_model'))} "
+                     f"({dense.seeds} run{'s' if dense.seeds > 1 else ''}).\n")
+        for goal in sorted({r.goal for r in board.goals}, reverse=True):
+            parts.append(f"**Goal PKR {100 * goal:.0f} %**\n")
+            parts.append("| rank | method | AP@goal [95 % CI] | ΔAP vs dense [CI] | ΔAP vs random [CI] | differs from VPP "
+                         "| converged | seeds | PKR % below / above | AP @ PKR % of nearest setting |")
+            parts.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+            parts += [_goal_line(r) for r in board.goals if r.goal == goal]
+            parts.append("")
+        parts.append("**Every setting** (mean ± std over seeds)\n")
+        parts.append("| method | setting | seeds | PKR % | AP | AP^bbox | AP^segm | IoI | GMACs | FPS | converged |")
+        parts.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for row in [dense, *board.settings]:
             m, s = row.mean, row.std
             pkr = None if m.get("pkr") is None else 100 * m["pkr"]
             pkr_std = None if s.get("pkr") is None else 100 * s["pkr"]
-            goal = "100" if row.method == "dense" else f"{100 * row.target:.0f}"
             parts.append(
-                f"| {row.method} | {goal} | {_fmt(pkr, pkr_std)} | {_fmt(m.get('mAP_bbox'), s.get('mAP_bbox'))} "
-                f"| {_fmt(m.get('mAP_segm'), s.get('mAP_segm'))} | {_fmt(m.get('AP'), s.get('AP'))} "
-                f"| {'–' if row.delta_ap is None else f'{row.delta_ap:+.1f}'} | {_fmt(row.ap_at_target)} "
-                f"| {_fmt(m.get('gmacs'), s.get('gmacs'), 3)} | {_fmt(m.get('fps_model'), s.get('fps_model'))} | {row.seeds} |")
+                f"| {row.method} | {row.setting} | {row.seeds} | {_fmt(pkr, pkr_std)} | {_fmt(m.get('AP'), s.get('AP'))} "
+                f"| {_fmt(m.get('mAP_bbox'), s.get('mAP_bbox'))} | {_fmt(m.get('mAP_segm'), s.get('mAP_segm'))} "
+                f"| {_fmt(m.get('ioi_all'))} | {_fmt(m.get('gmacs'), s.get('gmacs'), 3)} "
+                f"| {_fmt(m.get('fps_model'), s.get('fps_model'))} | {row.converged} |")
         parts.append("")
-    parts.append("AP-like values in percent; PKR = mean fraction of tokens entering each of the 12 blocks; GMACs = "
-                 "backbone multiply-accumulates per frame (GFLOPs = 2 x GMACs); FPS = whole model, batch 1; "
-                 "mean ± std over seeds; AP@goal = AP of the method's Pareto front interpolated at the goal PKR.")
+    parts.append(
+        "AP-like values in percent; PKR = mean fraction of tokens entering each of the 12 blocks; GMACs = backbone "
+        "multiply-accumulates per frame (GFLOPs = 2 x GMACs); FPS = whole model, batch 1. AP@goal: each seed's "
+        "(PKR, AP) curve interpolated at the goal (never extrapolated), mean over seeds with a Student-t 95 % CI; "
+        "ΔAP vs random paired by seed; 'differs from VPP': two-sided Wilcoxon signed-rank test over (seed, video) "
+        "pairs of per-video AP at the goal, p < 0.05. A seed sets the fine-tuning clip order, the selectors' "
+        "initialisation and training noise, and the selectors' noise at inference. Rows whose runs did not all "
+        "converge are not ranked.")
     return "\n".join(parts)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
-from safetensors.torch import load_model, save_model
-from torch import nn
+from safetensors.torch import save_model
+from torch import Tensor, nn
 
 import prunebench
 from prunebench.atomic import atomic_path
@@ -41,29 +42,48 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     return path
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """The metadata of a checkpoint; ConfigError if it is not a prunebench checkpoint."""
+@dataclass
+class Checkpoint:
+    """A checkpoint read in one pass: its metadata and its tensors."""
+
+    path: Path
+    meta: dict[str, Any]
+    tensors: dict[str, Tensor]
+
+    def load_into(self, model: nn.Module, allow_missing_prefix: str | None = None) -> None:
+        """Load the weights into ``model``; only parameters under ``allow_missing_prefix`` may be absent.
+
+        Fine-tuning loads a dense checkpoint into a model with a pruning method: the method's selectors
+        are new (they keep their initialisation), everything else must match exactly.
+        """
+        missing, unexpected = model.load_state_dict(self.tensors, strict=False)
+        missing = [k for k in missing if not (allow_missing_prefix and k.startswith(allow_missing_prefix))]
+        if missing or unexpected:
+            problem = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+            raise ConfigError(f"{self.path}: weights do not fit this model ({problem}); "
+                              "was it trained with another backbone or head?")
+
+
+def _open(path: str | Path, tensors: bool) -> tuple[dict[str, Any], dict[str, Tensor]]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = (handle.metadata() or {}).get("prunebench")
+            weights = {k: handle.get_tensor(k) for k in handle.keys()} if tensors and meta is not None else {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: checkpoint not found") from None
     except Exception as error:  # safetensors raises its own error types on a corrupt header
         raise ConfigError(f"{path}: not a safetensors checkpoint ({error})") from None
     if meta is None:
         raise ConfigError(f"{path}: not a prunebench checkpoint (no 'prunebench' metadata)")
-    return json.loads(meta)
+    return json.loads(meta), weights
 
 
-def load_weights(path: str | Path, model: nn.Module, allow_missing_prefix: str | None = None) -> None:
-    """Load weights into ``model``; only parameters under ``allow_missing_prefix`` may be absent.
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a checkpoint (its header only); ConfigError if it is not a prunebench checkpoint."""
+    return _open(path, tensors=False)[0]
 
-    Fine-tuning loads a dense checkpoint into a model with a pruning method: the method's selectors
-    are new (they keep their initialisation), everything else must match exactly.
-    """
-    read_meta(path)
-    missing, unexpected = load_model(model, str(path), strict=False)
-    missing = [k for k in missing if not (allow_missing_prefix and k.startswith(allow_missing_prefix))]
-    if missing or unexpected:
-        problem = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise ConfigError(f"{path}: weights do not fit this model ({problem}); was it trained with another backbone or head?")
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Metadata and weights of a checkpoint, read once."""
+    meta, tensors = _open(path, tensors=True)
+    return Checkpoint(Path(path), meta, tensors)

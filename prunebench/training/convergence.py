@@ -23,6 +23,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from prunebench.errors import ConfigError
+
 # Keeps exactly at the tolerance, written in decimals, pass despite binary rounding (0.56 - 0.54 > 0.02).
 _ROUNDING = 1e-9
 
@@ -57,11 +59,12 @@ class ConvergenceRule:
 
     def __post_init__(self) -> None:
         if not 0 < self.last_fraction <= 1:
-            raise ValueError(f"last_fraction must be in (0, 1], got {self.last_fraction}")
+            raise ConfigError(f"convergence.last_fraction={self.last_fraction}; allowed: a fraction in (0, 1]")
         if self.keep_tolerance < 0 or self.loss_tolerance < 0:
-            raise ValueError(f"tolerances must be >= 0, got keep {self.keep_tolerance}, loss {self.loss_tolerance}")
+            raise ConfigError(f"convergence tolerances keep={self.keep_tolerance}, loss={self.loss_tolerance}; "
+                              "allowed: numbers >= 0")
         if self.min_windows < 2:
-            raise ValueError(f"min_windows must be >= 2 (a flat loss needs two halves), got {self.min_windows}")
+            raise ConfigError(f"convergence.min_windows={self.min_windows}; allowed: >= 2 (a flat loss needs two halves)")
 
     def assess(self, windows: Sequence[Window], targets: Mapping[str, float], total_steps: int) -> Verdict:
         """Judge a run from its logging windows, its stages' target keeps and its number of steps."""

@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from prunebench.config import OptimConfig
-from prunebench.data.pipeline import ClipBatch, ClipSampler, collate_clips
+from prunebench.data.pipeline import ClipBatch, ClipSampler, collate_clips, foreground_patches
 from prunebench.models.vis_model import VISModel
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ class StepMetrics:
     lr: float
     seconds: float
     skipped: bool = False
+    #: mean cumulative keep entering each pruning position (``"b3"`` = input of block 3) over the
+    #: step's frames and samples: what the method's ratio loss drives toward its stage targets
+    stage_keep: dict[str, float] = field(default_factory=dict)
 
 
 def _average_gradients(params: list[nn.Parameter], world: int) -> None:
@@ -118,6 +121,7 @@ def train_steps(
     sampler.epoch = start_step // max(1, len(loader))
     batches = _batches(loader, sampler, shard)
     model.train()
+    needs_foreground = model.backbone.method.needs_foreground
     skipped = 0
     for step in range(start_step, optim.steps):
         tic = time.perf_counter()
@@ -127,14 +131,19 @@ def train_steps(
             g["lr"] = g["initial_lr"] * factor
         frames = batch.frames.to(device)
         state, task, prune, keep = None, 0.0, 0.0, 0.0
+        stage_keep: dict[str, float] = {}
         steps_t = frames.shape[1]
         for t in range(steps_t):
             targets = [(m.to(device), c.to(device)) for m, c in batch.targets[t]]
-            out = model(frames[:, t], state=state, targets=targets)
+            foreground = _foreground(targets) if needs_foreground else None
+            out = model(frames[:, t], state=state, targets=targets, foreground=foreground)
             state = out.backbone.state
             task = task + out.task_loss
             prune = prune + out.backbone.loss
             keep += float(out.backbone.block_keep.detach().mean())
+            for record in out.backbone.records:
+                name = f"b{record.position}"
+                stage_keep[name] = stage_keep.get(name, 0.0) + float(record.keep.detach().mean()) / steps_t
         loss = (task + prune) / steps_t
         task, prune = task.detach(), prune.detach()
         optimizer.zero_grad(set_to_none=True)
@@ -153,7 +162,7 @@ def train_steps(
         if on_step is not None:
             on_step(StepMetrics(step + 1, float(loss.detach()), float(task) / steps_t, float(prune) / steps_t,
                                 keep / steps_t, optimizer.param_groups[0]["lr"], time.perf_counter() - tic,
-                                skipped=not finite), optimizer)
+                                skipped=not finite, stage_keep=stage_keep), optimizer)
     return optimizer
 
 
@@ -174,6 +183,13 @@ class LogEvery:
 def mean_metrics(window: list[StepMetrics]) -> StepMetrics:
     """Mean of a window of steps (step and lr of the last one)."""
     n = len(window)
+    stages = window[-1].stage_keep
     return StepMetrics(window[-1].step, sum(m.loss for m in window) / n, sum(m.task_loss for m in window) / n,
                        sum(m.prune_loss for m in window) / n, sum(m.keep for m in window) / n, window[-1].lr,
-                       sum(m.seconds for m in window) / n, skipped=any(m.skipped for m in window))
+                       sum(m.seconds for m in window) / n, skipped=any(m.skipped for m in window),
+                       stage_keep={k: sum(m.stage_keep.get(k, 0.0) for m in window) / n for k in stages})
+
+
+def _foreground(targets: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """``(B, N)`` ground-truth foreground patches of one frame of the batch (for the oracle control)."""
+    return torch.stack([foreground_patches(masks) for masks, _ in targets])

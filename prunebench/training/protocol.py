@@ -27,7 +27,7 @@ from prunebench.evaluation.vis_eval import evaluate
 from prunebench.models.presets import params_for_target
 from prunebench.models.vis_model import VISModel
 from prunebench.models.vit import create_backbone, load_timm_weights
-from prunebench.training.checkpoint import load_weights, read_meta, save_checkpoint
+from prunebench.training.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from prunebench.training.loop import LogEvery, StepMetrics, train_steps
 from prunebench.typed import to_dict
 
@@ -64,6 +64,7 @@ class PreparedStage:
 
     model: VISModel
     sampler: ClipSampler
+    valid: YTVISDataset
     optim: OptimConfig
     meta: dict[str, Any]
 
@@ -71,14 +72,14 @@ class PreparedStage:
 def prepare_stage(config: ExperimentConfig, stage: str, init_checkpoint: str | Path | None = None) -> PreparedStage:
     """Seed, read and check the data, build the model (loading the dense checkpoint when fine-tuning)."""
     seed_everything(config.seed)
-    train_set, _ = load_datasets(config)
+    train_set, valid_set = load_datasets(config)
     method, params = ("dense", {}) if stage == "train" else (config.method.name, config.method.params)
     model = build_model(config, len(train_set.categories), method, params)
     if init_checkpoint is not None:
-        meta = read_meta(init_checkpoint)
-        if meta.get("method") != "dense":
-            log.warning("fine-tuning from a checkpoint of method %r, not a dense one", meta.get("method"))
-        load_weights(init_checkpoint, model, allow_missing_prefix="backbone.method.")
+        init = read_checkpoint(init_checkpoint)
+        if init.meta.get("method") != "dense":
+            log.warning("fine-tuning from a checkpoint of method %r, not a dense one", init.meta.get("method"))
+        init.load_into(model, allow_missing_prefix="backbone.method.")
     # the dense model keeps no temporal state: its stage trains on single frames; fine-tuning
     # uses frame chains (num_ref + 1 frames) so that VPP learns across frames
     num_ref = 0 if stage == "train" else config.data.num_ref
@@ -88,7 +89,7 @@ def prepare_stage(config: ExperimentConfig, stage: str, init_checkpoint: str | P
     meta = {"config": to_dict(config), "stage": stage, "method": method, "params": params, "seed": config.seed,
             "steps": optim.steps, "category_ids": sorted(train_set.categories), "dataset_sha256": train_set.sha256,
             "init_checkpoint": None if init_checkpoint is None else str(init_checkpoint)}
-    return PreparedStage(model, sampler, optim, meta)
+    return PreparedStage(model, sampler, valid_set, optim, meta)
 
 
 def log_progress(stage: str, method: str, total: int) -> Callable[[StepMetrics], None]:
@@ -114,15 +115,15 @@ def run_stage(config: ExperimentConfig, stage: str, out: str | Path, init_checkp
     return save_checkpoint(out, prepared.model, prepared.meta)
 
 
-def load_model(config: ExperimentConfig, checkpoint: str | Path, num_classes: int) -> VISModel:
+def load_model(config: ExperimentConfig, checkpoint: str | Path | Checkpoint, num_classes: int) -> VISModel:
     """The model of a checkpoint: its method and parameters, with ``method.params`` of the config on top
     when the config names the same method (e.g. ``stochastic_inference: false`` for evaluation)."""
-    meta = read_meta(checkpoint)
-    params = dict(meta.get("params", {}))
-    if config.method.name == meta["method"]:
+    loaded = checkpoint if isinstance(checkpoint, Checkpoint) else read_checkpoint(checkpoint)
+    params = dict(loaded.meta.get("params", {}))
+    if config.method.name == loaded.meta["method"]:
         params.update(config.method.params)
-    model = build_model(config, num_classes, meta["method"], params)
-    load_weights(checkpoint, model)
+    model = build_model(config, num_classes, loaded.meta["method"], params)
+    loaded.load_into(model)
     return model
 
 
@@ -133,9 +134,10 @@ def evaluate_checkpoint(config: ExperimentConfig, checkpoint: str | Path, out: s
     The method and its parameters come from the checkpoint; ``method.params`` of the config are
     applied on top when the config names the same method (e.g. ``stochastic_inference: false``).
     """
-    meta = read_meta(checkpoint)
+    loaded = read_checkpoint(checkpoint)
+    meta = loaded.meta
     _, valid_set = load_datasets(config)
-    model = load_model(config, checkpoint, len(valid_set.categories))
+    model = load_model(config, loaded, len(valid_set.categories))
     evaluation = evaluate(model, valid_set, config.eval, config.data.max_size, config.device, timing=timing)
     metrics = evaluation.metrics
     folder = Path(out or Path(config.out) / "eval" / meta["method"])

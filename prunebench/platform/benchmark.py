@@ -1,0 +1,163 @@
+"""``prunebench benchmark``: the leaderboard run.
+
+1. Everything the run needs is checked first (methods, every parameter set, the goals bracketed by
+   the settings, the data), before Ray or MLflow start.
+2. The dense model comes from the content-keyed cache or is trained once on Ray Train
+   (``platform.dense_cache``), then evaluated.
+3. A Ray Tune grid of methods × keep settings × seeds: each trial fine-tunes from the same dense
+   checkpoint and evaluates (``platform.trial``); one MLflow child run per trial under one parent.
+4. Every model is timed afterwards, one at a time, under the same conditions (batch 1, fixed threads).
+5. The report (leaderboard with AP at the goal PKRs, confidence intervals, significance, convergence)
+   is built from MLflow and logged on the parent run.
+
+``resume`` restores a benchmark whose driver died: finished trials are neither lost nor run twice,
+and their MLflow runs are found again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunebench.config import ExperimentConfig
+from prunebench.errors import ConfigError
+from prunebench.evaluation.vis_eval import measure_fps
+from prunebench.models.presets import params_for_pkr
+from prunebench.models.registry import build_method, backbone_spec
+from prunebench.platform.dense_cache import DenseModel, dense_model
+from prunebench.platform.ray_train import Scaling, connect
+from prunebench.platform.runs import evaluate_logged, run_params, train_stage_logged
+from prunebench.platform.sweep import Sweep, check_resumable, run_sweep
+from prunebench.platform.tracking import Tracker, resolve_tracking_uri
+from prunebench.platform.trial import WEIGHTS, GridTrials, TrialSpec
+from prunebench.platform.trial_tracking import MLflowTrials, log_final, trial_run_key
+from prunebench.reports.report import write_report
+from prunebench.training.checkpoint import read_checkpoint
+from prunebench.training.protocol import load_datasets, load_model
+
+log = logging.getLogger(__name__)
+
+
+def benchmark_specs(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
+    """Every trial of the benchmark: method × keep setting × seed (parameters validated)."""
+    bench = config.benchmark
+    _, dim, _, depth = backbone_spec(config.model.backbone)
+    specs = []
+    for method in bench.methods:
+        explicit = bench.params.get(method)
+        if explicit is not None:
+            if not isinstance(explicit, list) or not explicit:
+                raise ConfigError(f"benchmark.params.{method}: expected a non-empty list of parameter sets")
+            settings = [(f"set{i}", dict(p)) for i, p in enumerate(explicit)]
+        else:
+            settings = [(f"{pkr:.2f}", params_for_pkr(method, pkr)) for pkr in bench.settings]
+        for setting, params in settings:
+            build_method(method, params, dim, depth)  # one line naming a bad parameter, before anything starts
+            specs += [TrialSpec(f"{method}-{setting}-s{seed}", method, params, seed,
+                                {"setting": setting, "benchmark": config.name}) for seed in bench.seeds]
+    return tuple(specs)
+
+
+def check_benchmark(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
+    """Validate the benchmark section; return its trials."""
+    bench = config.benchmark
+    if not bench.methods or not bench.seeds or not bench.goals:
+        raise ConfigError("benchmark: methods, seeds and goals must each name at least one entry")
+    if bench.cpus_per_trial < 1:
+        raise ConfigError(f"benchmark.cpus_per_trial={bench.cpus_per_trial}; allowed: an integer >= 1")
+    if len(set(bench.seeds)) != len(bench.seeds):
+        raise ConfigError(f"benchmark.seeds={list(bench.seeds)} repeats a seed; allowed: distinct seeds")
+    for goal in bench.goals:
+        if not 0 < goal < 1:
+            raise ConfigError(f"benchmark.goals: {goal}; allowed: PKR fractions in (0, 1)")
+        if bench.settings and not min(bench.settings) < goal < max(bench.settings):
+            raise ConfigError(f"benchmark.settings={list(bench.settings)} do not bracket the goal PKR {goal}; "
+                              "allowed: settings on both sides of every goal")
+    return benchmark_specs(config)
+
+
+def _dense(config: ExperimentConfig, tracker: Tracker, parent: str, uri: str, address: str | None) -> DenseModel:
+    train, valid = load_datasets(config)
+    threads = max(1, config.eval.threads)
+
+    def train_into(target: Path) -> None:
+        train_stage_logged(config, "train", str(target), None, Scaling(1, config.device == "cuda", threads), None,
+                           address, uri, parent=parent)
+
+    dense = dense_model(config, train, valid, Path(config.out) / "dense.safetensors", train_into)
+    log.info("dense model %s (cache key %s)", "reused from the cache" if dense.reused else "trained", dense.key)
+    tracker.set_tags(parent, {"dense_cache_key": dense.key, "dense_reused": str(dense.reused).lower()})
+    return dense
+
+
+def time_models(config: ExperimentConfig, tracker: Tracker, rows: list[tuple[str, Any]]) -> None:
+    """Time every ``(run id, checkpoint)`` one after another (batch 1, eval.threads); log FPS on each run.
+
+    A run that already has its FPS (a resumed benchmark) is not timed again.
+    """
+    _, valid = load_datasets(config)
+    device = torch.device(config.device)
+    for run, checkpoint in rows:
+        if "fps_model" in tracker.client.get_run(run).data.metrics:
+            continue
+        if isinstance(checkpoint, (str, Path)):
+            model = load_model(config, checkpoint, len(valid.categories))
+        else:
+            with checkpoint.as_directory() as folder:
+                model = load_model(config, read_checkpoint(Path(folder) / WEIGHTS), len(valid.categories))
+        tracker.log_metrics(run, measure_fps(model, valid, config.eval, config.data.max_size, device))
+
+
+def run_benchmark(config: ExperimentConfig, resume: bool = False, tracking_uri: str | None = None,
+                  address: str | None = None, storage_path: str | None = None) -> dict[str, Any]:
+    """The leaderboard run; see the module docstring."""
+    begin = time.perf_counter()
+    specs = check_benchmark(config)
+    out = Path(config.out)
+    storage = storage_path or str((out / "ray_results").resolve())
+    if resume:
+        check_resumable(storage, config.name)
+    train_set, valid_set = load_datasets(config)  # reads and checks the data (generates synthetic data once)
+    log.info("[1/4] data: %d train / %d valid videos; %d trials", len(train_set.videos), len(valid_set.videos), len(specs))
+    uri = resolve_tracking_uri(tracking_uri, config.out)
+    tracker = Tracker(uri)
+    experiment = tracker.experiment(config.name)
+    parent = tracker.run(experiment, f"benchmark:{config.name}:{out.resolve()}", name=config.name,
+                         tags={"prunebench.kind": "benchmark"})
+    tracker.log_params(parent, {**run_params(config, valid_set.sha256), "trials": str(len(specs))})
+    connect(address)
+    dense = _dense(config, tracker, parent, uri, address)
+    dense_eval = evaluate_logged(config, str(dense.checkpoint), str(out / "eval" / "dense"), timing=False,
+                                 tracking_uri=uri, parent=parent)
+    log.info("[2/4] dense model: AP %.1f (%.0f s so far)", dense_eval["AP"] or 0.0, time.perf_counter() - begin)
+    grid = GridTrials(specs)
+    sweep = Sweep(config.name, grid, grid.param_space(), cpus_per_trial=config.benchmark.cpus_per_trial)
+    base = {**run_params(config, valid_set.sha256), "dense_checkpoint": str(dense.checkpoint)}
+    callback = MLflowTrials(uri, experiment, parent, config.name, grid, base)
+    results = run_sweep(sweep, config, str(dense.checkpoint), storage, [callback], resume=resume)
+    timed = [(dense_eval["mlflow_run_id"], str(dense.checkpoint))]
+    for result in results:  # what a killed driver did not log yet (log_final is idempotent)
+        trial_id = result.metrics.get("trial_id") if result.metrics else None
+        if trial_id is None:
+            continue
+        run = callback.run_for(trial_id, result.config)
+        log_final(tracker, run, result.metrics, result.checkpoint)
+        if result.metrics.get("evaluated") and result.checkpoint is not None:
+            timed.append((run, result.checkpoint))
+    log.info("[3/4] %d trials evaluated; timing every model one after another", len(timed) - 1)
+    time_models(config, tracker, timed)
+    report = write_report(uri, out / "report", experiment=config.name, goals=config.benchmark.goals)
+    for path in report["files"]:
+        tracker.log_artifact(parent, path, "report")
+    seconds = time.perf_counter() - begin
+    tracker.log_metrics(parent, {"wall_seconds": seconds, "trials": float(len(specs))})
+    tracker.end(parent)
+    log.info("[4/4] report: %s; MLflow: %s (%.0f s)", out / "report" / "report.html", uri, seconds)
+    return {"leaderboard": report["leaderboard"], "report": str(out / "report" / "report.html"),
+            "report_files": report["files"], "table": report["markdown"], "mlflow_tracking_uri": uri,
+            "mlflow_experiment_id": experiment, "dense_reused": dense.reused, "wall_seconds": seconds,
+            "trials": len(specs)}

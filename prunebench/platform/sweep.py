@@ -1,0 +1,73 @@
+"""One way to run a sweep of trials on Ray Tune, shared by ``demo``, ``tune`` and ``benchmark``.
+
+Every trial is the same function (``platform.trial.run_trial``); a sweep only says which trials
+exist (a grid of ``TrialSpec`` labels, or a search space sampled by Optuna), how many CPUs each
+takes, and where Ray stores the trials and their checkpoints (a folder or a cloud URI).
+``max_concurrent_trials`` = cluster CPUs // CPUs per trial, so the machine is filled, never
+oversubscribed. ``resume`` restores a sweep whose driver died (``Tuner.restore``): finished trials
+stay finished, interrupted ones resume under their own id, and the MLflow callback finds their
+runs again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray import tune
+
+from prunebench.config import ExperimentConfig
+from prunebench.errors import ConfigError
+from prunebench.platform.trial import Describe, trial_trainable
+from prunebench.typed import to_dict
+
+
+@dataclass
+class Sweep:
+    """What to run: the trials (``param_space`` + ``describe``), their resources, the search."""
+
+    name: str
+    describe: Describe
+    param_space: dict[str, Any]
+    cpus_per_trial: int = 1
+    num_samples: int = 1
+    search_alg: Any = None
+    scheduler: Any = None
+
+
+def experiment_path(storage: str, name: str) -> str:
+    """Where Tune keeps a sweep (local folder or URI)."""
+    return f"{storage.rstrip('/')}/{name}"
+
+
+def check_resumable(storage: str, name: str) -> None:
+    """ConfigError unless a sweep ``name`` exists under ``storage`` to be resumed."""
+    if not tune.Tuner.can_restore(experiment_path(storage, name)):
+        raise ConfigError(f"--resume: nothing named '{name}' to resume under {storage}")
+
+
+def run_sweep(sweep: Sweep, config: ExperimentConfig, dense: str, storage: str, callbacks: list[tune.Callback],
+              resume: bool = False) -> tune.ResultGrid:
+    """Run (or resume) the sweep's trials; every trial fine-tunes from ``dense`` and evaluates."""
+    # intermediate reports carry the training windows; AP / PKR / GMACs exist only once a trial has
+    # been evaluated, so Tune must not demand the searcher's metrics in every report
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    trainable = tune.with_resources(
+        trial_trainable(to_dict(config), sweep.describe, dense, sweep.cpus_per_trial), {"cpu": sweep.cpus_per_trial},
+    )
+    path = experiment_path(storage, sweep.name)
+    if resume:
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        concurrency = max(1, int(ray.cluster_resources().get("CPU", 1)) // sweep.cpus_per_trial)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=sweep.param_space,
+            tune_config=tune.TuneConfig(num_samples=sweep.num_samples, search_alg=sweep.search_alg,
+                                        scheduler=sweep.scheduler, max_concurrent_trials=concurrency,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(name=sweep.name, storage_path=storage, callbacks=callbacks, verbose=1),
+        )
+    return tuner.fit()

@@ -1,0 +1,150 @@
+"""The one trial function of ``demo``, ``tune`` and ``benchmark``: fine-tune, evaluate, report in-band.
+
+A trial fine-tunes one method (its parameters and seed in a ``TrialSpec``) from the dense
+checkpoint with the protocol's ``finetune`` schedule, reporting every logging window (task loss,
+each pruning stage's keep beside its target) to Tune. It then evaluates the model it holds in
+memory and hands everything to Tune in its final report: the evaluation's metrics, the
+convergence verdict, and a Ray checkpoint folder with the weights, ``results.json`` and the
+keep-mask picture. Ray persists that checkpoint to the run's storage (the output folder, or a
+cloud URI); the driver logs the report and the checkpoint to MLflow. Nothing the driver needs is
+read from the worker's disk.
+
+What a seed controls: the clip order of fine-tuning, the initialisation of the selectors, the
+Gumbel noise of training, and (as ``eval.seed``) the selectors' noise at inference.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from prunebench.atomic import write_json
+from prunebench.config import ExperimentConfig, MethodConfig, load_config
+from prunebench.evaluation.plots import keep_mask_figure
+from prunebench.evaluation.vis_eval import evaluate
+from prunebench.platform.ray_train import worker_logging
+from prunebench.training.checkpoint import save_checkpoint
+from prunebench.training.convergence import Window
+from prunebench.training.loop import StepMetrics, mean_metrics, train_steps
+from prunebench.training.protocol import prepare_stage
+from prunebench.typed import to_dict
+
+WEIGHTS = "model.safetensors"
+RESULTS = "results.json"
+KEEP_MASKS = "keep_masks.png"
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What one trial fine-tunes, and how MLflow names and tags it.
+
+    Attributes:
+        label: unique within a sweep, e.g. ``vpp-p0.47-s1``.
+        method, params: the pruning method and its parameters.
+        seed: the fine-tuning and evaluation seed.
+        tags: extra MLflow tags (``target`` of a demo row, ``setting`` of a benchmark point, ...).
+    """
+
+    label: str
+    method: str
+    params: dict[str, Any]
+    seed: int
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+#: how a sweep turns a Tune trial config into its TrialSpec (a grid label, or sampled parameters)
+Describe = Callable[[dict[str, Any]], TrialSpec]
+
+
+@dataclass(frozen=True)
+class GridTrials:
+    """A fixed list of trials run as a Tune grid over their labels (demo, benchmark)."""
+
+    specs: tuple[TrialSpec, ...]
+
+    def param_space(self) -> dict[str, Any]:
+        """The Tune grid over the labels."""
+        return {"trial": tune.grid_search([s.label for s in self.specs])}
+
+    def __call__(self, config: dict[str, Any]) -> TrialSpec:
+        return next(s for s in self.specs if s.label == config["trial"])
+
+
+def window_metrics(mean: StepMetrics) -> dict[str, float]:
+    """The numbers of one logging window, as reported to Tune and logged to MLflow (with the step)."""
+    return {"task_loss": mean.task_loss, "loss": mean.loss, "prune_loss": mean.prune_loss, "keep": mean.keep,
+            "lr": mean.lr, **{f"keep_{stage}": value for stage, value in mean.stage_keep.items()}}
+
+
+def run_trial(config: ExperimentConfig, spec: TrialSpec, dense: str, threads: int) -> None:
+    """Inside a Tune trial: fine-tune ``spec`` from ``dense``, report each window, evaluate, report once more.
+
+    No FPS here: trials share the machine, so their timings would not be comparable; the driver
+    times every model afterwards, one at a time.
+    """
+    worker_logging()
+    torch.set_num_threads(threads)
+    # evaluate on the trial's own CPUs: more threads would oversubscribe cores shared with other trials
+    config = replace(config, seed=spec.seed, method=MethodConfig(spec.method, spec.params),
+                     eval=replace(config.eval, threads=threads, seed=spec.seed))
+    node = ray.get_runtime_context().get_node_id()
+    prepared = prepare_stage(config, "finetune", dense)
+    method = prepared.model.backbone.method
+    targets = {f"b{p}": t for p, t in method.stage_targets().items() if p in method.learned_stages()}
+    steps, every = prepared.optim.steps, max(1, prepared.optim.log_every)
+    window: list[StepMetrics] = []
+    history: list[Window] = []
+    last: dict[str, float] = {}
+
+    def on_step(metrics: StepMetrics, optimizer: torch.optim.Optimizer) -> None:
+        window.append(metrics)
+        if metrics.step % every and metrics.step != steps:
+            return
+        mean = mean_metrics(window)
+        window.clear()
+        history.append(Window(mean.step, mean.task_loss, {k: v for k, v in mean.stage_keep.items() if k in targets}))
+        last.clear()
+        last.update(window_metrics(mean))
+        if metrics.step < steps:  # the last window travels with the final report
+            tune.report({**last, "step": metrics.step, "node_id": node})
+
+    train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, torch.device(config.device), on_step=on_step)
+    evaluation = evaluate(prepared.model, prepared.valid, config.eval, config.data.max_size, config.device, timing=False)
+    verdict = config.convergence.assess(history, targets, steps)
+    metrics = {**evaluation.metrics, "method": spec.method, "params": to_dict(method.params),
+               "dataset_sha256": prepared.valid.sha256}
+    convergence = {"converged": verdict.converged, "reasons": list(verdict.reasons), "final_keep": verdict.final_keep,
+                   "targets": targets, "loss_change": verdict.loss_change}
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(Path(folder) / WEIGHTS, prepared.model, {**prepared.meta, "seed": spec.seed})
+        write_json(Path(folder) / RESULTS, evaluation.results)
+        blocks = sorted({0, *method.positions, prepared.model.backbone.depth - 1})
+        keep_mask_figure(evaluation.examples, blocks, Path(folder) / KEEP_MASKS, title=f"{spec.label} {spec.params}")
+        tune.report({**last, "step": steps, "node_id": node, "evaluated": True, "AP": metrics["AP"] or 0.0,
+                     "pkr": metrics["pkr"], "gmacs": metrics["gmacs"], "metrics": json.dumps(metrics),
+                     "convergence": json.dumps(convergence)},
+                    checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def trial_trainable(experiment: dict[str, Any], describe: Describe, dense: str, threads: int) -> Callable[[dict[str, Any]], None]:
+    """The Tune function trainable of a sweep (picklable: a config dict, a describer, the dense path)."""
+
+    def trainable(config: dict[str, Any]) -> None:
+        run_trial(load_config(experiment), describe(config), dense, threads)
+
+    return trainable
+
+
+def final_report(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(metrics, convergence)`` of a trial's final report; None if it stopped before evaluating."""
+    if not result.get("evaluated"):
+        return None
+    return json.loads(result["metrics"]), json.loads(result["convergence"])

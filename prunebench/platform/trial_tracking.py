@@ -1,0 +1,112 @@
+"""The driver side of a sweep's trials: one MLflow child run per trial, written from what Tune hands over.
+
+``MLflowTrials`` (a Tune callback in the driver, the one MLflow writer) logs each trial's params when
+it starts, its logging windows (``train_*`` metrics with their step) as they arrive, and on completion
+the final report: every metric of the evaluation, the convergence verdict, and the trial's Ray
+checkpoint (weights under ``checkpoint/``, ``results.json``, ``keep_masks.png``) as artifacts. The
+checkpoint is read from Ray's storage (the output folder or a cloud URI), never from a worker's disk.
+
+A trial that ends without an evaluation (stopped early by ASHA) is tagged ``stopped_early`` and gets
+``prunebench.kind = stopped``, so no leaderboard counts it. Runs are keyed by sweep and trial id:
+a resumed sweep finds its runs again, and ``log_final`` is idempotent (tag ``prunebench.logged``),
+so the driver can reconcile after ``Tuner.fit`` what a killed driver did not log.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from prunebench.platform.tracking import Tracker, numeric_metrics
+from prunebench.platform.trial import KEEP_MASKS, RESULTS, WEIGHTS, Describe, final_report
+
+LOGGED_TAG = "prunebench.logged"
+WINDOW_KEYS = ("task_loss", "loss", "prune_loss", "keep", "lr")
+
+
+def trial_run_key(sweep: str, trial_id: str) -> str:
+    """The MLflow key (tag ``prunebench.key``) of a trial's run."""
+    return f"trial:{sweep}:{trial_id}"
+
+
+def _window(result: dict[str, Any]) -> dict[str, float]:
+    keys = [k for k in result if k in WINDOW_KEYS or k.startswith("keep_b")]
+    return {f"train_{k}": float(result[k]) for k in keys}
+
+
+def log_final(tracker: Tracker, run: str, result: dict[str, Any], checkpoint: tune.Checkpoint | None) -> None:
+    """Log a trial's final report and checkpoint once (a second call does nothing)."""
+    if tracker.client.get_run(run).data.tags.get(LOGGED_TAG) == "true":
+        return
+    report = final_report(result)
+    if report is None:
+        tracker.set_tags(run, {"prunebench.kind": "stopped", "stopped_early": "true"})
+    else:
+        metrics, convergence = report
+        tracker.log_metrics(run, _window(result), step=int(result.get("step", 0)))
+        numbers = numeric_metrics({k: v for k, v in metrics.items() if k not in ("params", "frames", "seed")})
+        numbers["converged"] = float(convergence["converged"])
+        numbers.update({f"final_keep_{k}": v for k, v in convergence["final_keep"].items()})
+        numbers.update({f"target_keep_{k}": v for k, v in convergence["targets"].items()})
+        if convergence["loss_change"] is not None:
+            numbers["loss_change"] = convergence["loss_change"]
+        tracker.log_metrics(run, numbers)
+        tracker.log_dict(run, metrics, "metrics.json")
+        tracker.log_dict(run, convergence, "convergence.json")
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                tracker.log_artifact(run, Path(folder) / WEIGHTS, "checkpoint")
+                for name in (RESULTS, KEEP_MASKS):
+                    tracker.log_artifact(run, Path(folder) / name)
+        tracker.set_tags(run, {"stopped_early": "false", "converged": str(convergence["converged"]).lower(),
+                               "checkpoint_uri": "" if checkpoint is None else checkpoint.path})
+    tracker.set_tags(run, {LOGGED_TAG: "true", "node_id": str(result.get("node_id", ""))})
+    tracker.end(run, ok=True)
+
+
+class MLflowTrials(tune.Callback):
+    """The driver-side MLflow writer of a sweep: one child run per trial under the sweep's parent run."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, sweep: str, describe: Describe,
+                 base_params: dict[str, str]):
+        self.uri, self.experiment_id, self.parent, self.sweep = uri, experiment_id, parent_run_id, sweep
+        self.describe, self.base_params = describe, base_params
+        self._tracker: Tracker | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # the MLflow client is rebuilt after a restore
+        return {**self.__dict__, "_tracker": None}
+
+    @property
+    def tracker(self) -> Tracker:
+        """The MLflow writer (built lazily, also after the callback was restored)."""
+        if self._tracker is None:
+            self._tracker = Tracker(self.uri)
+        return self._tracker
+
+    def run_for(self, trial_id: str, config: dict[str, Any]) -> str:
+        """The child run of a trial (created on first use, found again after a restore)."""
+        spec = self.describe(config)
+        tags = {"prunebench.kind": "eval", "prunebench.sweep": self.sweep, "trial_id": trial_id, "method": spec.method,
+                "seed": str(spec.seed), **spec.tags}
+        return self.tracker.run(self.experiment_id, trial_run_key(self.sweep, trial_id), name=f"{spec.label}-{trial_id}",
+                                parent=self.parent, tags=tags)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        spec = self.describe(trial.config)
+        params = {f"method.params.{k}": json.dumps(v) for k, v in spec.params.items()}
+        self.tracker.log_params(self.run_for(trial.trial_id, trial.config),
+                                {**self.base_params, **params, "method": spec.method, "seed": str(spec.seed),
+                                 "eval.seed": str(spec.seed)})
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if not result.get("evaluated"):
+            self.tracker.log_metrics(self.run_for(trial.trial_id, trial.config), _window(result), step=int(result["step"]))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        log_final(self.tracker, self.run_for(trial.trial_id, trial.config), trial.last_result or {}, trial.checkpoint)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.end(self.run_for(trial.trial_id, trial.config), ok=False)
