@@ -1,3 +1,3 @@
-"""Baseline pruning methods: DynamicViT, TPS, SViT (each registers itself)."""
+"""Baseline pruning methods: DynamicViT, TPS, SViT and the random/oracle controls (each registers itself)."""
 
-from prunebench.baselines import dynamicvit, svit, tps  # noqa: F401
+from prunebench.baselines import controls, dynamicvit, svit, tps  # noqa: F401

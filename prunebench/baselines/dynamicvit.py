@@ -5,7 +5,8 @@ local feature and the mask-weighted mean of the active tokens as global feature 
 Training: hard Gumbel-softmax (τ) times the previous mask; inference: the top ⌊N·ρ^s⌋ tokens by
 keep score. Pruned tokens are frozen and stay in the dense map (not discarded). Loss: the
 per-sample keep-ratio error against ρ^s, averaged over stages, times ``ratio_weight``.
-No distillation.
+No distillation. The schedule (``ScheduleParams``, ``ScheduledMethod``: ρ, positions, fixed
+counts) is shared with TPS and the random/oracle controls.
 """
 
 from __future__ import annotations
@@ -31,25 +32,55 @@ from prunebench.models.registry import register_method
 
 
 @dataclass(frozen=True)
-class DynamicViTParams:
-    """Parameters of DynamicViT and TPS (defaults: the official code)."""
+class ScheduleParams:
+    """A geometric keep schedule: ⌊N·ρ^s⌋ of all N tokens from the s-th position on."""
 
     rho: float = 0.7
     positions: tuple[int, ...] = (3, 6, 9)
-    ratio_weight: float = 2.0
-    tau: float = 1.0
 
     def validate(self, method: str, depth: int) -> None:
-        """Check the keep ratio, the positions and the weights."""
+        """Check the keep ratio and the positions."""
         check_ratio(method, "rho", self.rho)
         check_positions(method, "positions", self.positions, depth)
-        check_positive(method, "ratio_weight", self.ratio_weight, allow_zero=True)
-        check_positive(method, "tau", self.tau)
 
     @property
     def targets(self) -> tuple[float, ...]:
         """Absolute keep ratios ρ^s of the stages, s = 1..S."""
         return tuple(self.rho ** (s + 1) for s in range(len(self.positions)))
+
+
+@dataclass(frozen=True)
+class DynamicViTParams(ScheduleParams):
+    """Parameters of DynamicViT and TPS (defaults: the official code)."""
+
+    ratio_weight: float = 2.0
+    tau: float = 1.0
+
+    def validate(self, method: str, depth: int) -> None:
+        """Check the schedule and the weights."""
+        super().validate(method, depth)
+        check_positive(method, "ratio_weight", self.ratio_weight, allow_zero=True)
+        check_positive(method, "tau", self.tau)
+
+
+class ScheduledMethod(PruningMethod):
+    """A method on a ``ScheduleParams`` schedule: one stage per position, target ρ^s each."""
+
+    def __init__(self, params: ScheduleParams, dim: int, depth: int):
+        super().__init__(params, dim, depth)
+        self._stage = {p: i for i, p in enumerate(params.positions)}
+
+    @property
+    def positions(self) -> tuple[int, ...]:
+        return self.params.positions
+
+    def stage_targets(self) -> dict[int, float]:
+        """Position → ρ^s."""
+        return dict(zip(self.params.positions, self.params.targets))
+
+    def stage_count(self, position: int, candidates: Candidates) -> int:
+        """The fixed count ⌊N·ρ^s⌋ of the stage at ``position``."""
+        return keep_count(candidates.num_tokens, self.params.targets[self._stage[position]])
 
 
 class Predictor(nn.Module):
@@ -75,7 +106,7 @@ class Predictor(nn.Module):
 
 
 @register_method
-class DynamicViT(PruningMethod):
+class DynamicViT(ScheduledMethod):
     """Three (by default) predictors; fixed top-k counts at inference."""
 
     name = "dynamicvit"
@@ -84,10 +115,9 @@ class DynamicViT(PruningMethod):
     def __init__(self, params: DynamicViTParams, dim: int, depth: int):
         super().__init__(params, dim, depth)
         self.predictors = nn.ModuleList(Predictor(dim) for _ in params.positions)
-        self._stage = {p: i for i, p in enumerate(params.positions)}
 
-    @property
-    def positions(self) -> tuple[int, ...]:
+    def learned_stages(self) -> tuple[int, ...]:
+        """Every predictor is trained toward its ρ^s by the ratio loss."""
         return self.params.positions
 
     def decide(self, position: int, candidates: Candidates, ctx: FrameContext) -> Tensor:
@@ -99,8 +129,7 @@ class DynamicViT(PruningMethod):
                 log_probs, noise_scale=1.0, temperature=self.params.tau, noise=True,
                 generator=ctx.generator,
             )
-        k = keep_count(candidates.num_tokens, self.params.targets[stage])
-        return topk_mask(log_probs[..., 0], k, candidates.weight)
+        return topk_mask(log_probs[..., 0], self.stage_count(position, candidates), candidates.weight)
 
     def select(self, position: int, candidates: Candidates, ctx: FrameContext) -> Selection:
         return Selection(self.decide(position, candidates, ctx))

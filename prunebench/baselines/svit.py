@@ -81,6 +81,14 @@ class SViT(PruningMethod):
     def positions(self) -> tuple[int, ...]:
         return self.params.positions
 
+    def stage_targets(self) -> dict[int, float]:
+        """Position → its resolved target (fraction of all N tokens; every token is a candidate)."""
+        return dict(zip(self.params.positions, self.params.resolved_targets))
+
+    def learned_stages(self) -> tuple[int, ...]:
+        """Every selector is trained toward its target by the ratio loss."""
+        return self.params.positions
+
     def select(self, position: int, candidates: Candidates, ctx: FrameContext) -> Selection:
         log_probs = self.selectors[self._stage[position]](candidates.tokens)
         keep = hard_gumbel_keep(

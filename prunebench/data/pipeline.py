@@ -63,6 +63,23 @@ def prepare_masks(masks: np.ndarray, max_size: int | None) -> Tensor:
     return F.pad(tensor, (0, pw - w, 0, ph - h))
 
 
+def patch_cover(masks: Tensor, patch_size: int = 16) -> Tensor:
+    """``(n, H, W)`` float/bool masks → ``(n, N)`` bool: the patches any pixel of each mask touches.
+
+    The masks are resized and padded like the model input (H, W multiples of ``patch_size``);
+    patches are numbered row-major, as the backbone's tokens.
+    """
+    height, width = masks.shape[-2:]
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"mask size {height}x{width} is not a multiple of the patch size {patch_size}")
+    return F.max_pool2d(masks[:, None].float(), patch_size).flatten(1) > 0
+
+
+def foreground_patches(masks: Tensor) -> Tensor:
+    """``(n, H, W)`` instance masks → ``(N,)`` bool: patches covered by any instance."""
+    return patch_cover(masks).any(dim=0)
+
+
 @dataclass
 class Clip:
     """Frames ``(T, 3, H, W)`` of one clip and per frame (masks (n, H, W), class indices (n,))."""

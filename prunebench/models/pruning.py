@@ -151,12 +151,16 @@ class FrameContext:
 
     ``state_in`` is the temporal state from the previous frame of the same video streams (None on
     a stream's first frame); the method writes the state for the next frame into ``state_out``.
-    ``generator`` seeds the selectors' noise (None: torch's global generator).
+    ``generator`` seeds the selectors' noise (None: torch's global generator). ``foreground`` is
+    the ``(B, N)`` bool/0-1 mask of patches covered by any ground-truth instance (a patch is
+    covered if any pixel of an instance mask falls inside it); only methods with
+    ``needs_foreground`` read it, and only the benchmark's evaluation supplies it.
     """
 
     grid: tuple[int, int]
     training: bool
     generator: torch.Generator | None = None
+    foreground: Tensor | None = None
     state_in: dict[str, Any] | None = None
     state_out: dict[str, Any] = field(default_factory=dict)
     records: list[StageRecord] = field(default_factory=list)
@@ -168,6 +172,8 @@ class PruningMethod(nn.Module, abc.ABC):
     A subclass sets ``name`` and ``Params`` (a dataclass with ``validate``), builds its selectors
     in ``__init__`` and implements ``select`` (and ``loss`` if it has one). Optional hooks:
     ``observation_points`` + ``observe`` to read the token map between blocks (VPP's state).
+    Every method with positions states its keep targets (``stage_targets``) and which of them a
+    loss learns (``learned_stages``); the others are fixed by construction (top-k counts).
     """
 
     name: ClassVar[str]
@@ -175,6 +181,8 @@ class PruningMethod(nn.Module, abc.ABC):
     reactivates: ClassVar[bool] = False
     #: True when the number of kept tokens depends on the image (costs need real frames)
     image_dependent: ClassVar[bool] = False
+    #: True when ``select`` reads the ground-truth ``FrameContext.foreground`` (the oracle)
+    needs_foreground: ClassVar[bool] = False
 
     def __init__(self, params: Any, dim: int, depth: int):
         super().__init__()
@@ -202,6 +210,17 @@ class PruningMethod(nn.Module, abc.ABC):
     def loss(self, ctx: FrameContext) -> Tensor:
         """The method's auxiliary loss for this forward (a scalar)."""
         return torch.zeros(())
+
+    def stage_targets(self) -> dict[int, float]:
+        """Block position → absolute cumulative keep target of that stage (fraction of all N)."""
+        return {}
+
+    def learned_stages(self) -> tuple[int, ...]:
+        """Positions whose keep rate a learned selector reaches by a loss toward its target.
+
+        The other positions of ``stage_targets`` keep their target by construction (fixed top-k).
+        """
+        return ()
 
     def num_parameters(self) -> int:
         """Parameters the method adds to the backbone."""

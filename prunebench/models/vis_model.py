@@ -118,9 +118,11 @@ class VISModel(nn.Module):
         state: dict[str, Any] | None = None,
         generator: torch.Generator | None = None,
         targets: list[tuple[Tensor, Tensor]] | None = None,
+        foreground: Tensor | None = None,
     ) -> FrameOutput:
-        """Predict one frame per stream. ``targets``: per sample (masks (n, H, W) float, labels (n,))."""
-        backbone_out = self.backbone(images, state=state, generator=generator)
+        """Predict one frame per stream. ``targets``: per sample (masks (n, H, W) float, labels (n,));
+        ``foreground``: ``(B, N)`` ground-truth foreground patches for methods that need them."""
+        backbone_out = self.backbone(images, state=state, generator=generator, foreground=foreground)
         return self.decode(images, backbone_out, targets)
 
     def decode(self, images: Tensor, backbone_out: BackboneOutput,

@@ -147,6 +147,7 @@ class PrunableViT(nn.Module):
         state: dict[str, Any] | None = None,
         generator: torch.Generator | None = None,
         path: Path | None = None,
+        foreground: Tensor | None = None,
     ) -> BackboneOutput:
         """Run the backbone on ``(B, 3, H, W)`` images (H, W multiples of 16).
 
@@ -156,12 +157,16 @@ class PrunableViT(nn.Module):
                 None on the first frame of a stream.
             generator: seeds the selectors' noise (None: torch's global generator).
             path: ``masked`` or ``gather``; default: masked in training mode, gather in eval mode.
+            foreground: ``(B, N)`` ground-truth foreground patches, for methods that
+                ``needs_foreground`` (see ``prunebench.data.pipeline.foreground_patches``).
         """
         path = path or ("masked" if self.training else "gather")
         x, grid = self.embed(images)
         batch, num_tokens, _ = x.shape
         method = self.method
-        ctx = FrameContext(grid=grid, training=self.training, generator=generator, state_in=state)
+        ctx = FrameContext(
+            grid=grid, training=self.training, generator=generator, foreground=foreground, state_in=state,
+        )
         positions, observed = set(method.positions), set(method.observation_points)
         active: Tensor | None = None  # None = every token active
         plan: tuple[Tensor | None, Tensor | None] = (None, None)

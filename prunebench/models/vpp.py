@@ -153,6 +153,15 @@ class VPP(PruningMethod):
             return ()
         return tuple(sorted({self.x_ref_boundary, self.params.ref_block + 1}))
 
+    def stage_targets(self) -> dict[int, float]:
+        """Map-SM position → κ (its top-k), SM positions → κ·q^s."""
+        head = {} if self.params.map_position is None else {self.params.map_position: self.params.kappa}
+        return head | dict(zip(self.params.sm_positions, self.params.sm_targets))
+
+    def learned_stages(self) -> tuple[int, ...]:
+        """The SMs; the Map-SM keeps ⌊κN⌋ by construction."""
+        return self.params.sm_positions
+
     def observe(self, boundary: int, tokens: Tensor, active: Tensor, ctx: FrameContext) -> None:
         """Store this frame's keys, values and reference mask for the next frame."""
         if boundary == self.x_ref_boundary:
