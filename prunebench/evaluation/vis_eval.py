@@ -25,25 +25,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from pycocotools import mask as mask_utils
 
 from prunebench.config import EvalConfig
-from prunebench.data.pipeline import content_size, cycled_frames, prepare_masks, video_frames
+from prunebench.data.pipeline import content_size, cycled_frames, patch_cover, prepare_masks, video_frames
 from prunebench.data.ytvis import Video, YTVISDataset
 from prunebench.evaluation.accounting import TokenAccountant
 from prunebench.evaluation.flops import backbone_cost
 from prunebench.evaluation.plots import KeepExample
-from prunebench.evaluation.vis_metrics import VIDEO_AREA_RANGES, score_results
+from prunebench.evaluation.vis_metrics import VIDEO_AREA_RANGES, per_video_ap, score_results
 from prunebench.models.tracker import QueryTracker
 from prunebench.models.vis_model import VISModel
 from prunebench.models.vit import PATCH_SIZE, create_backbone
-
-
-def _patches(masks: torch.Tensor) -> torch.Tensor:
-    """``(n, Hp, Wp)`` float masks → ``(n, N)`` bool: patches touched by any pixel."""
-    return F.max_pool2d(masks[:, None], PATCH_SIZE).flatten(1) > 0
 
 
 class IoIMeter:
@@ -113,11 +107,14 @@ def _measure_fps(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max
             state = None
             tracker.reset()
         image = image.to(device)
-        ms, _ = timer(lambda: model.backbone(image, state=state, generator=generator))
+        # the oracle's cost does not depend on which patches are foreground: time it with an empty mask
+        foreground = image.new_zeros(1, image.shape[-2] * image.shape[-1] // PATCH_SIZE**2, dtype=torch.bool) \
+            if model.backbone.method.needs_foreground else None
+        ms, _ = timer(lambda: model.backbone(image, state=state, generator=generator, foreground=foreground))
         backbone_ms.append(ms)
 
         def whole() -> Any:
-            frame = model(image, state=state, generator=generator)
+            frame = model(image, state=state, generator=generator, foreground=foreground)
             tracker.step(frame.class_logits[0], frame.mask_logits[0], frame.query_embeddings[0])
             return frame
 
@@ -151,12 +148,15 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
     dense = create_backbone(model.backbone.backbone_name, "dense").to(device).eval()
     dense_gmacs: dict[tuple[int, int], float] = {}
     results, gmacs, kept_examples = [], [], []
+    needs_foreground = model.backbone.method.needs_foreground
     with torch.inference_mode():
         for video in dataset.videos:
             state, areas = None, _mean_areas(video)
             for t, image in enumerate(video_frames(video, max_size)):
                 image = image.to(device)
-                cost = backbone_cost(model.backbone, image, state=state, generator=generator)
+                patches = _instance_patches(video, t, max_size)
+                foreground = patches.any(dim=0)[None].to(device) if needs_foreground else None
+                cost = backbone_cost(model.backbone, image, state=state, generator=generator, foreground=foreground)
                 backbone_out = cost.output
                 state = backbone_out.state
                 frame = model.decode(image, backbone_out)
@@ -166,13 +166,15 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
                 size = tuple(image.shape[-2:])
                 if size not in dense_gmacs:
                     dense_gmacs[size] = backbone_cost(dense, image).gmacs
-                _update_ioi(ioi, video, t, backbone_out.block_keep[:, 0].cpu(), max_size, areas)
+                _update_ioi(ioi, video, t, patches, backbone_out.block_keep[:, 0].cpu(), areas)
                 if len(kept_examples) < examples:
                     kept_examples.append(_example(video, t, backbone_out.block_keep[:, 0].cpu(), image.shape[-2:], max_size))
             results += tracker.finish(video.id, content_size(video.height, video.width, max_size),
                                       (video.height, video.width), category_ids)
-        metrics: dict[str, Any] = score_results(dataset.ground_truth(), results)
+        gt = dataset.ground_truth()
+        metrics: dict[str, Any] = score_results(gt, results)
         metrics.update({
+            "per_video_AP": per_video_ap(gt, results),
             "pkr": accountant.pkr,
             "per_block_keep": accountant.per_block_keep,
             "ioi": ioi.result(),
@@ -208,11 +210,14 @@ def _mean_areas(video: Video) -> dict[int, float]:
     return out
 
 
-def _update_ioi(meter: IoIMeter, video: Video, t: int, block_keep: torch.Tensor, max_size: int | None,
+def _instance_patches(video: Video, t: int, max_size: int | None) -> torch.Tensor:
+    """``(n, N)`` patches of the frame's non-crowd instances (the IoI / oracle patch rule), at model input size."""
+    masks, _ = video.masks(t)
+    return patch_cover(prepare_masks(masks, max_size), PATCH_SIZE)
+
+
+def _update_ioi(meter: IoIMeter, video: Video, t: int, patches: torch.Tensor, block_keep: torch.Tensor,
                 areas: dict[int, float]) -> None:
     present = [inst for inst in video.instances if inst.rles[t] is not None and not inst.iscrowd]
-    if not present:
-        return
-    masks, _ = video.masks(t)  # the same instances, in the same order
-    for inst, patches in zip(present, _patches(prepare_masks(masks, max_size))):
-        meter.update((video.id, inst.id), patches, block_keep, areas[inst.id])
+    for inst, covered in zip(present, patches):  # video.masks lists the same instances, in the same order
+        meter.update((video.id, inst.id), covered, block_keep, areas[inst.id])

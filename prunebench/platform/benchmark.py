@@ -34,7 +34,7 @@ from prunebench.platform.runs import evaluate_logged, run_params, train_stage_lo
 from prunebench.platform.sweep import Sweep, check_resumable, run_sweep
 from prunebench.platform.tracking import Tracker, resolve_tracking_uri
 from prunebench.platform.trial import WEIGHTS, GridTrials, TrialSpec
-from prunebench.platform.trial_tracking import MLflowTrials, log_final, trial_run_key
+from prunebench.platform.trial_tracking import MLflowTrials, log_final
 from prunebench.reports.report import write_report
 from prunebench.training.checkpoint import read_checkpoint
 from prunebench.training.protocol import load_datasets, load_model
@@ -113,10 +113,11 @@ def time_models(config: ExperimentConfig, tracker: Tracker, rows: list[tuple[str
 
 
 def run_benchmark(config: ExperimentConfig, resume: bool = False, tracking_uri: str | None = None,
-                  address: str | None = None, storage_path: str | None = None) -> dict[str, Any]:
-    """The leaderboard run; see the module docstring."""
+                  address: str | None = None, storage_path: str | None = None,
+                  specs: tuple[TrialSpec, ...] | None = None) -> dict[str, Any]:
+    """The leaderboard run (see the module docstring); ``specs`` replaces the benchmark grid (the demo's rows)."""
     begin = time.perf_counter()
-    specs = check_benchmark(config)
+    specs = check_benchmark(config) if specs is None else specs
     out = Path(config.out)
     storage = storage_path or str((out / "ray_results").resolve())
     if resume:
@@ -137,7 +138,8 @@ def run_benchmark(config: ExperimentConfig, resume: bool = False, tracking_uri: 
     grid = GridTrials(specs)
     sweep = Sweep(config.name, grid, grid.param_space(), cpus_per_trial=config.benchmark.cpus_per_trial)
     base = {**run_params(config, valid_set.sha256), "dense_checkpoint": str(dense.checkpoint)}
-    callback = MLflowTrials(uri, experiment, parent, config.name, grid, base)
+    callback = MLflowTrials(uri, experiment, parent, config.name, grid, base,
+                            {"backbone": config.model.backbone, "dataset": valid_set.sha256})
     results = run_sweep(sweep, config, str(dense.checkpoint), storage, [callback], resume=resume)
     timed = [(dense_eval["mlflow_run_id"], str(dense.checkpoint))]
     for result in results:  # what a killed driver did not log yet (log_final is idempotent)

@@ -280,7 +280,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
                                    "plot, the IoI table and one self-contained report.html.")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: all)")
     p.add_argument("--out", required=True, help="folder for the report files")
-    p.add_argument("--targets", default="0.55,0.40", help="PKR target buckets, comma-separated")
+    p.add_argument("--goals", "--targets", dest="targets", default="0.55,0.40",
+                   help="goal PKRs the leaderboard compares methods at, comma-separated")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -294,9 +295,9 @@ def _run_report(args: argparse.Namespace) -> dict[str, Any]:
     try:
         targets = tuple(float(t) for t in args.targets.split(","))
     except ValueError:
-        raise ConfigError(f"--targets {args.targets}: allowed: comma-separated PKR fractions, e.g. 0.55,0.40") from None
+        raise ConfigError(f"--goals {args.targets}: allowed: comma-separated PKR fractions, e.g. 0.55,0.40") from None
     if not all(0 < t < 1 for t in targets):
-        raise ConfigError(f"--targets {args.targets}: allowed: fractions in (0, 1)")
+        raise ConfigError(f"--goals {args.targets}: allowed: fractions in (0, 1)")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri is None:
         db = Path(args.out) / "mlflow.db"
@@ -305,6 +306,39 @@ def _run_report(args: argparse.Namespace) -> dict[str, Any]:
         uri = resolve_tracking_uri(None, args.out)
     result = write_report(uri, args.out, args.experiment, targets)
     print(result.pop("markdown"), file=sys.stderr if args.json else sys.__stdout__, flush=True)
+    return result
+
+
+def _add_benchmark(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("benchmark", help="the leaderboard run: cached dense model, methods x keep settings x seeds, CIs",
+                       description="Train (or reuse from the cache) the dense model, fine-tune every method at every keep "
+                                   "setting with every seed as Ray Tune trials from the same dense checkpoint, evaluate, "
+                                   "time every model one at a time, and report AP at the goal PKRs with 95 %% confidence "
+                                   "intervals, ΔAP against dense and random, significance against VPP and convergence. "
+                                   "Presets: benchmark-cpu (this kind of machine, at most 2 hours), benchmark-tiny "
+                                   "(minutes, the test preset), paper-tiny / paper-small (GPU).")
+    _add_config_args(p)
+    p.add_argument("--out", default=None, help="output folder (default: the config's out)")
+    p.add_argument("--resume", action="store_true", help="continue the benchmark whose driver died")
+    p.add_argument("--storage-path", default=None, help="Ray storage for trials and checkpoints: a folder or URI "
+                                                        "(default: <out>/ray_results)")
+    _add_platform_args(p)
+    p.set_defaults(handler=_run_benchmark)
+
+
+def _run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    from prunebench.config import load_config
+    from prunebench.platform.benchmark import run_benchmark
+
+    overrides = parse_assignments(args.overrides)
+    if args.out is not None:
+        overrides["out"] = args.out
+        if "data.root" not in overrides and load_config(args.config).data.synth is not None:
+            overrides["data.root"] = f"{args.out}/data"  # generated data lives with the run
+    config = load_config(args.config, overrides)
+    result = run_benchmark(config, resume=args.resume, tracking_uri=args.tracking_uri, address=args.address,
+                           storage_path=args.storage_path)
+    print(result.pop("table"), file=sys.stderr if args.json else sys.__stdout__, flush=True)
     return result
 
 
@@ -340,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_bench(sub)
     _add_tune(sub)
+    _add_benchmark(sub)
     _add_report(sub)
     _add_demo(sub)
     return parser
@@ -367,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.json:
         print(json.dumps(result), file=stdout)
-    elif args.command not in ("demo", "report"):
+    elif args.command not in ("demo", "report", "benchmark"):
         with contextlib.redirect_stdout(stdout):
             _print_human(result)
     return 0

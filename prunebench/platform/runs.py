@@ -1,4 +1,4 @@
-"""Platform commands with MLflow: training stages on Ray Train, evaluations, and the demo.
+"""Platform commands with MLflow: training stages on Ray Train, evaluations, and the demo's trials.
 
 Each command checks its data first (so bad input stops before Ray or MLflow start and nothing is
 written), then runs, then logs through the one ``Tracker``: params (the flattened config, method,
@@ -9,37 +9,18 @@ artifacts. Evaluation runs are tagged ``prunebench.kind = eval`` with ``method``
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-from ray import tune
-
-from prunebench.config import ExperimentConfig, MethodConfig, load_config
-from prunebench.models.presets import PKR_TARGETS, pruning_methods
+from prunebench.config import ExperimentConfig, load_config
+from prunebench.models.presets import PKR_TARGETS, params_for_target, pruning_methods
 from prunebench.platform.ray_train import Scaling, connect, train_on_ray
-from prunebench.platform.study import MLflowTrials, TrialInfo, finetune_and_evaluate
-from prunebench.platform.tracking import (
-    Tracker,
-    flatten,
-    hardware,
-    resolve_tracking_uri,
-)
-from prunebench.atomic import write_json
-from prunebench.evaluation.vis_eval import measure_fps
-from prunebench.reports.report import write_report
+from prunebench.platform.tracking import Tracker, flatten, hardware, resolve_tracking_uri
+from prunebench.platform.trial import TrialSpec
 from prunebench.training.checkpoint import code_version, read_meta
-from prunebench.training.protocol import (
-    Variant,
-    evaluate_checkpoint,
-    load_model,
-    load_datasets,
-    protocol_variants,
-)
+from prunebench.training.protocol import evaluate_checkpoint, load_datasets
 from prunebench.typed import to_dict
 
 log = logging.getLogger(__name__)
@@ -103,82 +84,25 @@ def evaluate_logged(config: ExperimentConfig, checkpoint: str, out: str | None, 
     return {**metrics, "mlflow_run_id": run}
 
 
-@dataclass(frozen=True)
-class VariantTrials:
-    """Describes demo trials (a grid over variant labels) for MLflow (picklable)."""
-
-    variants: tuple[Variant, ...]
-
-    def __call__(self, sampled: dict[str, Any]) -> TrialInfo:
-        variant = next(v for v in self.variants if v.label == sampled["variant"])
-        return TrialInfo(variant.label, variant.method, variant.params,
-                         {"method": variant.method, "target": f"{variant.target:.2f}"})
+def demo_specs(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
+    """The demo's trials: every pruning method at its preset for each goal PKR, one seed."""
+    return tuple(TrialSpec(f"{m}-{t:.2f}", m, params_for_target(m, t), config.seed,
+                           {"target": f"{t:.2f}", "setting": f"{t:.2f}"})
+                 for m in pruning_methods() for t in PKR_TARGETS)
 
 
-def _variant_trial(sampled: dict[str, Any], experiment: dict[str, Any], variants: tuple[Variant, ...],
-                   dense: str, threads: int) -> None:
-    variant = next(v for v in variants if v.label == sampled["variant"])
-    config = replace(load_config(experiment), method=MethodConfig(variant.method, variant.params))
-    finetune_and_evaluate(config, dense, reports=2, threads=threads)
+DEMO_CAVEAT = ("These rows come from {steps}-step fine-tunes and one seed: too short to rank methods. "
+               "For a verdict run `prunebench benchmark benchmark-cpu` (converged fine-tuning, settings that bracket "
+               "each goal, several seeds, confidence intervals, random and oracle controls).")
 
 
 def run_demo(out: str, overrides: dict[str, Any], tracking_uri: str | None = None, address: str | None = None) -> dict[str, Any]:
-    """The main job: synthetic data → dense (Ray Train) → every method × target (Ray Tune grid, fine-tune
-    + evaluation) → FPS of every model, one after another → MLflow → report and leaderboard."""
-    begin = time.perf_counter()
+    """The main job, a 10-minute tour of the machinery: synthetic data → dense (Ray Train, cached) → every method
+    at each goal's preset (Ray Tune grid of fine-tune + evaluation trials) → FPS of every model, one after
+    another → MLflow → report and leaderboard, with the caveat that its rows are too short to rank methods."""
+    from prunebench.platform.benchmark import run_benchmark
+
     config = load_config("demo", {"out": out, "data.root": f"{out}/data", **overrides})
-    train_set, valid_set = load_datasets(config)
-    log.info("[1/3] data ready: %d train / %d valid videos in %s", len(train_set.videos), len(valid_set.videos), config.data.root)
-    uri = resolve_tracking_uri(tracking_uri, config.out)
-    tracker = Tracker(uri)
-    experiment = tracker.experiment(config.name)
-    parent = tracker.run(experiment, f"demo:{Path(out).resolve()}", name="demo", tags={"prunebench.kind": "benchmark"})
-    tracker.log_params(parent, run_params(config, valid_set.sha256))
-    connect(address)
-    threads = max(1, config.eval.threads)
-    dense = train_stage_logged(config, "train", None, None, Scaling(1, False, threads), None, address, uri, parent=parent)
-    dense_eval = evaluate_logged(config, dense["checkpoint"], str(Path(out) / "eval" / "dense"), timing=False,
-                                 tracking_uri=uri, parent=parent)
-    log.info("[2/3] dense model: AP %.1f (%.0f s so far)", dense_eval["AP"] or 0.0, time.perf_counter() - begin)
-    variants = tuple(v for v in protocol_variants(pruning_methods(), PKR_TARGETS) if v.method != "dense")
-    base = {**run_params(config, valid_set.sha256), "dense_checkpoint": dense["checkpoint"]}
-    callback = MLflowTrials(uri, experiment, parent, "demo", VariantTrials(variants), base)
-    trainable = tune.with_resources(
-        tune.with_parameters(_variant_trial, experiment=to_dict(config), variants=variants,
-                             dense=dense["checkpoint"], threads=1),
-        {"cpu": 1},
-    )
-    # reuse_actors: the next trial runs in the finished one's process (torch etc. already imported)
-    tuner = tune.Tuner(trainable, param_space={"variant": tune.grid_search([v.label for v in variants])},
-                       tune_config=tune.TuneConfig(reuse_actors=True),
-                       run_config=tune.RunConfig(name="demo-finetune", storage_path=str((Path(out) / "ray_results").resolve()),
-                                                 callbacks=[callback], verbose=1))
-    grid = tuner.fit()
-    rows = [{**dense_eval, "label": "dense", "target": None, "eval_dir": str(Path(dense_eval["results"]).parent)}]
-    for result in grid:
-        folder = (result.metrics or {}).get("eval_dir")
-        if folder:
-            metrics = json.loads((Path(folder) / "metrics.json").read_text())
-            variant = next(v for v in variants if v.label == result.config["variant"])
-            run = tracker.find_run(experiment, f"trial:demo:{result.metrics['trial_id']}")
-            rows.append({**metrics, "label": variant.label, "target": variant.target, "mlflow_run_id": run,
-                         "eval_dir": folder})
-    order = {v.label: i for i, v in enumerate(variants)}
-    rows[1:] = sorted(rows[1:], key=lambda r: order[r["label"]])
-    log.info("timing every model one after another (batch 1, %d threads, same frames)", config.eval.threads)
-    for row in rows:
-        model = load_model(config, row["checkpoint"], len(valid_set.categories))
-        fps = measure_fps(model, valid_set, config.eval, config.data.max_size, torch.device(config.device))
-        row.update(fps)
-        if row.get("eval_dir"):
-            write_json(Path(row["eval_dir"]) / "metrics.json", {k: v for k, v in row.items() if k not in ("mlflow_run_id", "eval_dir")})
-        tracker.log_metrics(row["mlflow_run_id"], fps)
-    tracker.end(parent)
-    report = write_report(uri, Path(out) / "report", experiment=config.name)
-    seconds = time.perf_counter() - begin
-    tracker.log_metrics(parent, {"wall_seconds": seconds, "variants": float(len(rows))})
-    log.info("[3/3] %d variants evaluated in %.0f s; report: %s; MLflow: %s", len(rows), seconds,
-             Path(out) / "report" / "report.html", uri)
-    return {"leaderboard": rows, "table": report["markdown"], "report": str(Path(out) / "report" / "report.html"),
-            "report_files": report["files"], "mlflow_tracking_uri": uri, "mlflow_experiment_id": experiment,
-            "wall_seconds": seconds}
+    result = run_benchmark(config, tracking_uri=tracking_uri, address=address, specs=demo_specs(config))
+    caveat = DEMO_CAVEAT.format(steps=config.finetune.steps)
+    return {**result, "table": f"{result['table']}\n\n{caveat}", "caveat": caveat}

@@ -148,12 +148,14 @@ class Tracker:
 
     def run(self, experiment_id: str, key: str, name: str, parent: str | None = None,
             tags: Mapping[str, str] | None = None) -> str:
-        """The run for ``key``: found if it exists (resume), else created (as a child of ``parent``)."""
+        """The run for ``key``: found if it exists (an unfinished one is marked running again), else created
+        (as a child of ``parent``)."""
 
         def find_or_create() -> str:
             existing = self.find_run(experiment_id, key)
             if existing is not None:
-                self.client.update_run(existing, status="RUNNING")
+                if self.client.get_run(existing).info.status != "FINISHED":  # resumed: running again
+                    self.client.update_run(existing, status="RUNNING")
                 return existing
             all_tags = {KEY_TAG: key, "mlflow.runName": name, "prunebench.version": prunebench.__version__, **(tags or {})}
             if parent:

@@ -71,9 +71,9 @@ class MLflowTrials(tune.Callback):
     """The driver-side MLflow writer of a sweep: one child run per trial under the sweep's parent run."""
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, sweep: str, describe: Describe,
-                 base_params: dict[str, str]):
+                 base_params: dict[str, str], base_tags: dict[str, str]):
         self.uri, self.experiment_id, self.parent, self.sweep = uri, experiment_id, parent_run_id, sweep
-        self.describe, self.base_params = describe, base_params
+        self.describe, self.base_params, self.base_tags = describe, base_params, base_tags
         self._tracker: Tracker | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # the MLflow client is rebuilt after a restore
@@ -89,8 +89,8 @@ class MLflowTrials(tune.Callback):
     def run_for(self, trial_id: str, config: dict[str, Any]) -> str:
         """The child run of a trial (created on first use, found again after a restore)."""
         spec = self.describe(config)
-        tags = {"prunebench.kind": "eval", "prunebench.sweep": self.sweep, "trial_id": trial_id, "method": spec.method,
-                "seed": str(spec.seed), **spec.tags}
+        tags = {**self.base_tags, "prunebench.kind": "eval", "prunebench.sweep": self.sweep, "trial_id": trial_id,
+                "method": spec.method, "seed": str(spec.seed), **spec.tags}
         return self.tracker.run(self.experiment_id, trial_run_key(self.sweep, trial_id), name=f"{spec.label}-{trial_id}",
                                 parent=self.parent, tags=tags)
 

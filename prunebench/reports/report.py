@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -27,29 +26,24 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from prunebench.atomic import atomic_path, write_bytes  # noqa: E402
+from prunebench.reports.curves import learning_curves_figure  # noqa: E402
 from prunebench.reports.leaderboard import (  # noqa: E402
     BLOCKS,
     EvalRun,
     Leaderboard,
+    SettingRow,
     build_leaderboards,
     fetch_runs,
     markdown,
 )
 from prunebench.reports.pareto import hypervolume, pareto_front  # noqa: E402
+from prunebench.reports.style import method_color, png_bytes  # noqa: E402
 
 AXES = {  # name -> (metric, axis label, lower is better)
     "pkr": ("pkr", "PKR (fraction of tokens)", True),
     "gmacs": ("gmacs", "backbone GMACs per frame", True),
     "fps": ("fps_model", "FPS (whole model, batch 1)", False),
 }
-
-
-METHOD_COLORS = {"dense": "black", "vpp": "tab:red", "dynamicvit": "tab:blue", "tps": "tab:green", "svit": "tab:purple",
-                 "evit": "tab:orange", "tome": "tab:brown"}
-
-
-def _color(method: str) -> str:
-    return METHOD_COLORS.get(method, "tab:gray")
 
 
 def method_fronts(board_runs: list[EvalRun], axis: str) -> dict[str, dict[str, Any]]:
@@ -75,13 +69,6 @@ def method_fronts(board_runs: list[EvalRun], axis: str) -> dict[str, dict[str, A
     return out
 
 
-def _png(figure: plt.Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(figure)
-    return buffer.getvalue()
-
-
 def pareto_figure(board: Leaderboard, runs: list[EvalRun], axis: str) -> tuple[bytes, dict[str, dict[str, Any]]]:
     """AP vs ``axis`` per method (points, front as a line, dense as a star)."""
     metric, label, lower = AXES[axis]
@@ -90,9 +77,9 @@ def pareto_figure(board: Leaderboard, runs: list[EvalRun], axis: str) -> tuple[b
     for method, data in fronts.items():
         sign = 1 if lower else -1
         xs = [sign * p["cost"] for p in data["points"]]
-        ax.scatter(xs, [p["AP"] for p in data["points"]], alpha=0.45, s=18, color=_color(method))
+        ax.scatter(xs, [p["AP"] for p in data["points"]], alpha=0.45, s=18, color=method_color(method))
         front = sorted(data["front"], key=lambda p: p["cost"])
-        ax.plot([sign * p["cost"] for p in front], [p["AP"] for p in front], marker="o", color=_color(method),
+        ax.plot([sign * p["cost"] for p in front], [p["AP"] for p in front], marker="o", color=method_color(method),
                 label=f"{method} (HV {data['hypervolume']:.1f})")
     for run in runs:
         if run.method == "dense" and metric in run.metrics and "AP" in run.metrics:
@@ -103,36 +90,56 @@ def pareto_figure(board: Leaderboard, runs: list[EvalRun], axis: str) -> tuple[b
     ax.set_title(f"{board.backbone}: AP vs {axis.upper() if axis != 'gmacs' else 'GMACs'}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _png(figure), fronts
+    return png_bytes(figure), fronts
 
 
-def density_figure(board: Leaderboard) -> bytes:
-    """Fraction of tokens entering each block, per method and target (the paper's Fig. 5)."""
-    targets = sorted({r.target for r in board.rows if r.target is not None}, reverse=True)
-    figure, axes = plt.subplots(1, max(1, len(targets)), figsize=(5 * max(1, len(targets)), 3.6), squeeze=False)
-    for ax, target in zip(axes[0], targets):
-        for row in board.rows:
-            if row.target != target and row.method != "dense":
-                continue
+def _nearest(board: Leaderboard, method: str, goal: float) -> SettingRow | None:
+    own = [r for r in board.settings if r.method == method and r.mean.get("pkr") is not None]
+    return min(own, key=lambda r: abs(r.mean["pkr"] - goal), default=None)
+
+
+def density_figure(board: Leaderboard, goals: tuple[float, ...]) -> bytes:
+    """Fraction of tokens entering each block per method, at the setting nearest each goal (the paper's Fig. 5)."""
+    methods = sorted({r.method for r in board.settings})
+    figure, axes = plt.subplots(1, max(1, len(goals)), figsize=(5 * max(1, len(goals)), 3.6), squeeze=False)
+    for ax, goal in zip(axes[0], sorted(goals, reverse=True)):
+        rows = [board.dense] + [r for r in (_nearest(board, m, goal) for m in methods) if r is not None]
+        for row in rows:
             keeps = [r.per_block_keep for r in row.runs if r.per_block_keep]
             if not keeps:
                 continue
             mean = [sum(k[i] for k in keeps) / len(keeps) for i in range(BLOCKS)]
-            ax.plot(range(BLOCKS), mean, marker="o", label=row.method, color=_color(row.method),
+            label = row.method if row.method == "dense" else f"{row.method} ({row.setting})"
+            ax.plot(range(BLOCKS), mean, marker="o", label=label, color=method_color(row.method),
                     linestyle="--" if row.method == "dense" else "-")
-        ax.set_title(f"goal PKR {100 * target:.0f} %")
+        ax.set_title(f"setting nearest goal PKR {100 * goal:.0f} %")
         ax.set_xlabel("block")
         ax.set_ylabel("tokens kept")
         ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def ioi_table(board: Leaderboard) -> list[dict[str, Any]]:
-    """IoI (all, S, M, L) per method and target (Tables 3/8)."""
-    return [{"method": r.method, "target": r.target, **{k: r.mean.get(f"ioi_{k}") for k in ("all", "S", "M", "L")}}
-            for r in board.rows]
+    """IoI (all, S, M, L) per method and setting (Tables 3/8)."""
+    return [{"method": r.method, "setting": r.setting, **{k: r.mean.get(f"ioi_{k}") for k in ("all", "S", "M", "L")}}
+            for r in [board.dense, *board.settings]]
+
+
+def convergence_table(board: Leaderboard) -> list[dict[str, Any]]:
+    """Per method and setting: measured PKR, each learned stage's final keep beside its target, runs converged."""
+    records = []
+    for row in board.settings:
+        stages = sorted({k for r in row.runs for k in r.target_keep}, key=lambda k: int(k[1:]))
+        keeps = []
+        for stage in stages:
+            final = [r.final_keep[stage] for r in row.runs if stage in r.final_keep]
+            target = next(r.target_keep[stage] for r in row.runs if stage in r.target_keep)
+            keeps.append(f"{stage} {sum(final) / len(final):.3f}/{target:.3f}" if final else f"{stage} –/{target:.3f}")
+        records.append({"method": row.method, "setting": row.setting, "PKR": row.mean.get("pkr"),
+                        "final keep / target": ", ".join(keeps) or "(no learned stage)", "converged": row.converged})
+    return records
 
 
 def _html_table(records: list[dict[str, Any]]) -> str:
@@ -160,17 +167,17 @@ _SELF_CHECK = """<script>window.addEventListener('load', function () {
 
 
 def write_report(tracking_uri: str, out: str | Path, experiment: str | None = None,
-                 targets: tuple[float, ...] = (0.55, 0.40)) -> dict[str, Any]:
+                 goals: tuple[float, ...] = (0.55, 0.40)) -> dict[str, Any]:
     """Fetch the runs once, build everything, write the files; return the leaderboard and file list."""
     runs = fetch_runs(tracking_uri, experiment)
-    boards = build_leaderboards(runs, targets)
+    boards = build_leaderboards(runs, goals)
     out = Path(out)
     files: list[str] = []
 
     def save(name: str, data: bytes) -> None:
         files.append(str(write_bytes(out / name, data)))
 
-    sections, records = [], []
+    sections, records, setting_records = [], [], []
     text = markdown(boards)
     save("leaderboard.md", (text + "\n").encode())
     for index, board in enumerate(boards):
@@ -182,22 +189,33 @@ def write_report(tracking_uri: str, out: str | Path, experiment: str | None = No
             figures[f"pareto_{axis}{suffix}.png"] = png
             volumes += [{"axis": axis, "method": m, "hypervolume": d["hypervolume"], "reference": d["reference"],
                          "front_size": len(d["front"])} for m, d in fronts.items()]
-        figures[f"density{suffix}.png"] = density_figure(board)
+        figures[f"density{suffix}.png"] = density_figure(board, goals)
+        figures[f"learning_curves{suffix}.png"] = learning_curves_figure(tracking_uri, board)
         for name, png in figures.items():
             save(name, png)
-        board_records = [r.as_dict() for r in board.rows]
-        records += board_records
+        group = {"backbone": board.backbone, "dataset": board.dataset}
+        goal_records = [{**group, **r.as_dict()} for r in board.goals]
+        settings = [{**group, **r.as_dict()} for r in [board.dense, *board.settings]]
+        records += goal_records
+        setting_records += settings
         images = "".join(f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}">'
                          f"<figcaption>{n}</figcaption></figure>" for n, b in figures.items())
-        shown = [{k: r[k] for k in ("method", "target", "seeds", "pkr", "AP", "AP_std", "delta_AP", "AP_at_target",
-                                    "mAP_bbox", "mAP_segm", "gmacs", "fps_model")} for r in board_records]
+        shown = [{k: r[k] for k in ("method", "setting", "seeds", "pkr", "AP", "AP_std", "mAP_bbox", "mAP_segm",
+                                    "gmacs", "fps_model", "converged")} for r in settings]
+        goal_shown = [{k: r[k] for k in ("goal_pkr", "rank", "method", "ap_at_goal", "ap_ci", "delta_ap_dense",
+                                         "delta_ap_random", "p_vs_vpp", "converged_runs", "seeds", "pkr")}
+                      for r in goal_records]
         sections.append(f"<h2>{html.escape(board.backbone)} · dataset {html.escape(board.dataset[:12])}</h2>"
-                        f"<h3>Leaderboard</h3>{_html_table(shown)}<h3>Pareto fronts (hypervolume)</h3>"
-                        f"{_html_table(volumes)}<h3>IoI (%)</h3>{_html_table(ioi_table(board))}"
+                        f"<h3>Leaderboard at the goal PKRs</h3>{_html_table(goal_shown)}"
+                        f"<h3>Every setting</h3>{_html_table(shown)}"
+                        f"<h3>Convergence</h3>{_html_table(convergence_table(board))}"
+                        f"<h3>Pareto fronts (hypervolume)</h3>{_html_table(volumes)}"
+                        f"<h3>IoI (%)</h3>{_html_table(ioi_table(board))}"
                         f"<h3>Figures</h3><div class='figs'>{images}</div>")
-    with atomic_path(out / "leaderboard.parquet") as tmp:
-        pq.write_table(pa.Table.from_pylist(records), tmp, compression="zstd")
-    files.append(str(out / "leaderboard.parquet"))
+    for name, rows in (("leaderboard.parquet", records), ("settings.parquet", setting_records)):
+        with atomic_path(out / name) as tmp:
+            pq.write_table(pa.Table.from_pylist(rows), tmp, compression="zstd")
+        files.append(str(out / name))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>prunebench report</title><style>"
             "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}"
             "td,th{border:1px solid #bbb;padding:3px 8px;font-size:13px;text-align:right}th{background:#eee}"
@@ -206,4 +224,4 @@ def write_report(tracking_uri: str, out: str | Path, experiment: str | None = No
             f"{' (experiment ' + html.escape(experiment) + ')' if experiment else ''}.</p>{''.join(sections)}"
             f"<p>{html.escape(text.splitlines()[-1])}</p>{_SELF_CHECK}</body></html>")
     save("report.html", page.encode())
-    return {"leaderboard": records, "markdown": text, "files": files}
+    return {"leaderboard": records, "settings": setting_records, "markdown": text, "files": files}

@@ -24,7 +24,6 @@ from prunebench.data.synth import generate
 from prunebench.data.ytvis import YTVISDataset
 from prunebench.evaluation.plots import keep_mask_figure
 from prunebench.evaluation.vis_eval import evaluate
-from prunebench.models.presets import params_for_target
 from prunebench.models.vis_model import VISModel
 from prunebench.models.vit import create_backbone, load_timm_weights
 from prunebench.training.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
@@ -150,24 +149,3 @@ def evaluate_checkpoint(config: ExperimentConfig, checkpoint: str | Path, out: s
     blocks = sorted({0, *model.backbone.method.positions, model.backbone.depth - 1})
     keep_mask_figure(evaluation.examples, blocks, folder / "keep_masks.png", title=f"{meta['method']} {resolved}")
     return metrics
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One row of the comparison: a method at a goal PKR (None for the dense model)."""
-
-    method: str
-    target: float | None
-    params: dict[str, Any]
-
-    @property
-    def label(self) -> str:
-        """``dense`` or ``<method>-<target>``, e.g. ``vpp-0.40``."""
-        return self.method if self.target is None else f"{self.method}-{self.target:.2f}"
-
-
-def protocol_variants(methods: list[str], targets: tuple[float, ...]) -> list[Variant]:
-    """The dense model, then every method at every target (presets of ``models.presets``)."""
-    return [Variant("dense", None, {})] + [
-        Variant(m, t, params_for_target(m, t)) for m in methods for t in targets
-    ]
