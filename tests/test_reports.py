@@ -6,28 +6,53 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import scipy.stats
 
 from prunebench.errors import ConfigError
 from prunebench.platform.tracking import Tracker, resolve_tracking_uri
-from prunebench.reports.leaderboard import build_leaderboards, fetch_runs, interpolate_at
+from prunebench.reports.leaderboard import build_leaderboards, fetch_runs
 from prunebench.reports.pareto import hypervolume, pareto_front
 from prunebench.reports.report import method_fronts, write_report
 
 KEEP = [1.0] * 12
+VIDEOS = ("1", "2", "3", "4")
 
 
-def _log(tracker, experiment, key, method, target, metrics, seed="0", backbone="vit_tiny", dataset="d1", keep=KEEP):
-    run = tracker.run(experiment, key, name=key, tags={"prunebench.kind": "eval", "method": method,
-                                                       "target": "" if target is None else f"{target:.2f}",
-                                                       "backbone": backbone, "dataset": dataset})
-    tracker.log_params(run, {"seed": seed, "eval.seed": "0", "method": method})
-    tracker.log_metrics(run, {**metrics, **{f"per_block_keep_{i:02d}": v for i, v in enumerate(keep)}})
+def _log(tracker, experiment, key, method, setting, metrics, seed="0", backbone="vit_tiny", dataset="d1", keep=KEEP,
+         converged=None, per_video=None, history=()):
+    tags = {"prunebench.kind": "eval", "method": method, "backbone": backbone, "dataset": dataset, "seed": seed}
+    if setting is not None:
+        tags["setting"] = setting
+    run = tracker.run(experiment, key, name=key, tags=tags)
+    tracker.log_params(run, {"seed": seed, "eval.seed": seed, "method": method})
+    extra = {f"per_block_keep_{i:02d}": v for i, v in enumerate(keep)}
+    if converged is not None:
+        extra.update({"converged": float(converged), "final_keep_b3": 0.5, "target_keep_b3": 0.5})
+    extra.update({f"per_video_AP_{v}": a for v, a in (per_video or {}).items()})
+    tracker.log_metrics(run, {**metrics, **extra})
+    for step, loss, keep3 in history:
+        tracker.log_metrics(run, {"train_task_loss": loss, "train_keep_b3": keep3}, step=step)
     tracker.end(run)
 
 
-VPP_TRIALS = [(0.47, 37.0), (0.66, 41.0), (0.64, 36.0)]  # tuning trials, no target, > 0.05 from both buckets; 0.64 is dominated
+# (method, seed) -> [(setting, PKR, AP)]; per-video AP = AP + video offset (vpp) or AP - offset (others)
+CURVES = {
+    ("vpp", "0"): [("0.35", 0.36, 30.0), ("0.60", 0.58, 38.0)],
+    ("vpp", "1"): [("0.35", 0.34, 32.0), ("0.60", 0.60, 40.0)],
+    ("random", "0"): [("0.35", 0.35, 25.0), ("0.60", 0.59, 33.0)],
+    ("random", "1"): [("0.35", 0.35, 27.0), ("0.60", 0.59, 36.0)],
+    ("dynamicvit", "0"): [("0.35", 0.36, 28.0), ("0.50", 0.50, 30.0)],  # never reaches 0.55
+    ("dynamicvit", "1"): [("0.35", 0.36, 29.0), ("0.50", 0.50, 31.0)],
+}
+OFFSET = {"1": 0.0, "2": 1.0, "3": 3.0, "4": 6.0}
+
+
+def _per_video(method, ap):
+    sign = 1.0 if method == "vpp" else -1.0
+    return {v: ap + sign * o for v, o in OFFSET.items()}
 
 
 @pytest.fixture(scope="module")
@@ -36,62 +61,95 @@ def store(tmp_path_factory):
     uri = resolve_tracking_uri(None, root)
     tracker = Tracker(uri)
     exp = tracker.experiment("known")
-    base = {"mAP_bbox": 50.0, "mAP_segm": 45.0, "gmacs": 1.0, "gmacs_dense": 1.0, "fps_model": 10.0, "ioi_all": 100.0, "ioi_S": 100.0}
-    _log(tracker, exp, "dense-0", "dense", None, {**base, "AP": 40.0, "pkr": 1.0}, seed="0")
-    _log(tracker, exp, "dense-1", "dense", None, {**base, "AP": 42.0, "pkr": 1.0}, seed="1")
-    vpp = {**base, "gmacs": 0.6, "fps_model": 14.0, "ioi_all": 80.0}
-    _log(tracker, exp, "vpp55-0", "vpp", 0.55, {**vpp, "AP": 38.0, "pkr": 0.52}, seed="0", keep=[1.0] + [0.5] * 11)
-    _log(tracker, exp, "vpp55-1", "vpp", 0.55, {**vpp, "AP": 40.0, "pkr": 0.54}, seed="1", keep=[1.0] + [0.5] * 11)
-    _log(tracker, exp, "vpp40", "vpp", 0.40, {**vpp, "AP": 35.0, "pkr": 0.39, "gmacs": 0.45})
-    for i, (pkr, ap) in enumerate(VPP_TRIALS):
-        _log(tracker, exp, f"vpp-trial-{i}", "vpp", None, {**vpp, "AP": ap, "pkr": pkr})
-    dyn = {k: v for k, v in base.items() if k != "fps_model"}  # a missing metric
-    _log(tracker, exp, "dyn55", "dynamicvit", 0.55, {**dyn, "AP": 30.0, "pkr": 0.544, "gmacs": 0.62})
-    empty = tracker.experiment("empty")
+    base = {"mAP_bbox": 50.0, "mAP_segm": 45.0, "gmacs": 1.0, "gmacs_dense": 1.0, "fps_model": 10.0, "ioi_all": 100.0}
+    _log(tracker, exp, "dense", "dense", None, {**base, "AP": 40.0, "pkr": 1.0})
+    for (method, seed), points in CURVES.items():
+        for setting, pkr, ap in points:
+            converged = not (method == "dynamicvit" and seed == "1" and setting == "0.50")
+            _log(tracker, exp, f"{method}-{setting}-{seed}", method, setting,
+                 {**base, "AP": ap, "pkr": pkr, "gmacs": pkr}, seed=seed, keep=[1.0] + [pkr] * 11,
+                 converged=converged, per_video=_per_video(method, ap),
+                 history=[(10, 2.0, 0.6), (20, 1.5, 0.52), (30, 1.49, 0.5)])
+    tracker.experiment("empty")
     nodense = tracker.experiment("no-dense")
-    _log(tracker, nodense, "lonely", "vpp", 0.55, {**vpp, "AP": 1.0, "pkr": 0.5})
+    _log(tracker, nodense, "lonely", "vpp", "0.35", {**base, "AP": 1.0, "pkr": 0.5})
     mixed = tracker.experiment("mixed")
     for backbone in ("vit_tiny", "vit_small"):
         _log(tracker, mixed, f"{backbone}-dense", "dense", None, {**base, "AP": 40.0, "pkr": 1.0}, backbone=backbone)
-        _log(tracker, mixed, f"{backbone}-vpp", "vpp", 0.55, {**vpp, "AP": 30.0 if backbone == "vit_tiny" else 50.0,
+        _log(tracker, mixed, f"{backbone}-vpp", "vpp", "0.55", {**base, "AP": 30.0 if backbone == "vit_tiny" else 50.0,
                                                                 "pkr": 0.55}, backbone=backbone)
-    del empty
     return root, uri
 
 
-def _rows(uri, experiment="known"):
+def _goal_rows(uri, experiment="known"):
     (board,) = build_leaderboards(fetch_runs(uri, experiment))
-    return {(r.method, r.target): r for r in board.rows}
+    return board, {(r.method, r.goal): r for r in board.goals}
 
 
-def test_leaderboard_numbers(store):
+def _at(method, seed, goal):
+    (_, x0, y0), (_, x1, y1) = CURVES[method, seed]
+    return y0 + (y1 - y0) * (goal - x0) / (x1 - x0)
+
+
+def test_ap_at_goal_per_seed_with_student_t_interval(store):
     _, uri = store
-    rows = _rows(uri)
-    assert set(rows) == {("dense", None), ("vpp", 0.55), ("vpp", 0.40), ("dynamicvit", 0.55)}
-    dense = rows["dense", None]
-    assert dense.seeds == 2 and dense.mean["AP"] == 41.0 and dense.std["AP"] == pytest.approx(2**0.5)
+    board, rows = _goal_rows(uri)
+    assert board.dense.mean["AP"] == 40.0
+    per_seed = [_at("vpp", s, 0.40) for s in ("0", "1")]
+    vpp = rows["vpp", 0.40]
+    assert vpp.ap_at_goal == pytest.approx(np.mean(per_seed))
+    low, high = scipy.stats.t.interval(0.95, 1, loc=np.mean(per_seed), scale=scipy.stats.sem(per_seed))
+    assert vpp.ap_ci == pytest.approx((low, high))
+    assert vpp.delta_ap_dense == pytest.approx(np.mean(per_seed) - 40.0)
+    assert vpp.delta_ap_dense_ci == pytest.approx((low - 40.0, high - 40.0))
+    assert vpp.as_dict()["seeds"] == 2 and vpp.as_dict()["converged"] is True
+
+
+def test_delta_against_random_is_paired_by_seed(store):
+    _, uri = store
+    _, rows = _goal_rows(uri)
+    ours = [_at("vpp", s, 0.55) for s in ("0", "1")]
+    control = [_at("random", s, 0.55) for s in ("0", "1")]
+    result = scipy.stats.ttest_rel(ours, control)
     vpp = rows["vpp", 0.55]
-    assert vpp.seeds == 2  # the tuning trials are in no bucket (PKR 0.47 / 0.64 / 0.66 are > 0.05 away)
-    assert vpp.mean["AP"] == 39.0 and vpp.std["AP"] == pytest.approx(2**0.5) and vpp.mean["pkr"] == pytest.approx(0.53)
-    assert vpp.delta_ap == pytest.approx(-2.0)
-    # front of all vpp runs: (0.39,35) (0.47,37) (0.52,38) (0.54,40) (0.66,41); at 0.55: 40 + 1/12
-    assert vpp.ap_at_target == pytest.approx(40 + 1 / 12)
-    assert rows["vpp", 0.40].ap_at_target == pytest.approx(35 + 2 * 0.01 / 0.08)
-    assert rows["vpp", 0.40].std["AP"] is None  # one seed: no std
-    dyn = rows["dynamicvit", 0.55]
-    assert dyn.mean["fps_model"] is None and dyn.mean["AP"] == 30.0 and dyn.delta_ap == pytest.approx(-11.0)
-    assert dyn.ap_at_target is None  # a single point at 0.544: 0.55 is outside its front
+    assert vpp.delta_ap_random == pytest.approx(np.mean(np.subtract(ours, control)))
+    assert vpp.delta_ap_random_ci == pytest.approx(tuple(result.confidence_interval(0.95)))
+    assert rows["random", 0.55].delta_ap_random is None  # the control itself
 
 
-def test_fronts_exclude_dominated_points_and_hypervolume(store):
+def test_paired_wilcoxon_against_vpp_over_seed_and_video(store):
     _, uri = store
-    runs = [r for r in fetch_runs(uri, "known")]
+    _, rows = _goal_rows(uri)
+    pairs = [(_at("random", s, 0.40) - OFFSET[v], _at("vpp", s, 0.40) + OFFSET[v]) for s in ("0", "1") for v in VIDEOS]
+    expected = scipy.stats.wilcoxon([a for a, _ in pairs], [b for _, b in pairs]).pvalue
+    random_row = rows["random", 0.40]
+    assert random_row.p_vs_vpp == pytest.approx(expected)
+    assert random_row.significant_vs_vpp is bool(expected < 0.05)
+    assert rows["vpp", 0.40].p_vs_vpp is None
+
+
+def test_no_extrapolation_and_unconverged_rows_are_not_ranked(store):
+    _, uri = store
+    board, rows = _goal_rows(uri)
+    dyn55 = rows["dynamicvit", 0.55]
+    assert not dyn55.bracketed and dyn55.ap_at_goal is None and dyn55.rank is None  # PKRs stop at 0.50
+    assert dyn55.as_dict()["ap_nearest"] == pytest.approx(30.5)  # the 0.50 setting, both seeds
+    dyn40 = rows["dynamicvit", 0.40]
+    assert dyn40.ap_at_goal is not None and dyn40.converged is False and dyn40.rank is None
+    ranked = [r.method for r in board.goals if r.goal == 0.40 and r.rank is not None]
+    assert ranked == ["vpp", "random"]  # by AP@goal, converged rows only
+    order = [r.method for r in board.goals if r.goal == 0.40]
+    assert order == ["vpp", "random", "dynamicvit"]
+
+
+def test_fronts_and_hypervolume(store):
+    _, uri = store
+    runs = fetch_runs(uri, "known")
     fronts = method_fronts(runs, "pkr")
     vpp = fronts["vpp"]
-    assert sorted((p["cost"], p["AP"]) for p in vpp["front"]) == [(0.39, 35.0), (0.47, 37.0), (0.52, 38.0),
-                                                                   (0.54, 40.0), (0.66, 41.0)]
-    expected = 0.08 * 35 + 0.05 * 37 + 0.02 * 38 + 0.12 * 40 + 0.34 * 41
-    assert vpp["hypervolume"] == pytest.approx(expected)
+    # vpp points (PKR, AP): (0.34,32) (0.36,30) (0.58,38) (0.60,40); (0.36,30) is dominated by (0.34,32)
+    assert sorted((p["cost"], p["AP"]) for p in vpp["front"]) == [(0.34, 32.0), (0.58, 38.0), (0.60, 40.0)]
+    assert vpp["hypervolume"] == pytest.approx(0.24 * 32 + 0.02 * 38 + 0.40 * 40)
     assert method_fronts(runs, "gmacs")["vpp"]["reference"] == 1.0  # the dense model's GMACs
 
 
@@ -100,8 +158,6 @@ def test_pareto_and_hypervolume_primitives():
     assert pareto_front(rows, maximize="a", minimize="c") == [{"a": 1, "c": 1}, {"a": 2, "c": 2}]
     assert hypervolume([(1, 1), (2, 2)], (3, 0)) == pytest.approx(1 * 1 + 1 * 2)
     assert hypervolume([(4, 1)], (3, 0)) == 0.0
-    assert interpolate_at([{"pkr": 0.4, "AP": 30}, {"pkr": 0.6, "AP": 40}], 0.5) == pytest.approx(35)
-    assert interpolate_at([{"pkr": 0.4, "AP": 30}], 0.5) is None
 
 
 def test_empty_missing_dense_and_mixed_sets(store):
@@ -114,7 +170,7 @@ def test_empty_missing_dense_and_mixed_sets(store):
         fetch_runs(uri, "nope")
     boards = build_leaderboards(fetch_runs(uri, "mixed"))
     assert sorted(b.backbone for b in boards) == ["vit_small", "vit_tiny"]  # split, not averaged
-    aps = {b.backbone: next(r for r in b.rows if r.method == "vpp").mean["AP"] for b in boards}
+    aps = {b.backbone: next(r for r in b.settings if r.method == "vpp").mean["AP"] for b in boards}
     assert aps == {"vit_small": 50.0, "vit_tiny": 30.0}
 
 
@@ -122,17 +178,23 @@ def test_report_files_and_cli(store, tmp_path, capsys):
     root, uri = store
     result = write_report(uri, tmp_path / "rep", "known")
     names = sorted(Path(f).name for f in result["files"])
-    assert names == ["density.png", "leaderboard.md", "leaderboard.parquet", "pareto_fps.png", "pareto_gmacs.png",
-                     "pareto_pkr.png", "report.html"]
+    assert names == ["density.png", "leaderboard.md", "leaderboard.parquet", "learning_curves.png", "pareto_fps.png",
+                     "pareto_gmacs.png", "pareto_pkr.png", "report.html", "settings.parquet"]
     table = pq.read_table(tmp_path / "rep" / "leaderboard.parquet").to_pylist()
-    assert len(table) == 4 and {r["method"] for r in table} == {"dense", "vpp", "dynamicvit"}
+    assert len(table) == 6 and {(r["method"], r["goal_pkr"]) for r in table} == {
+        (m, g) for m in ("vpp", "random", "dynamicvit") for g in (0.55, 0.40)}
+    contract = {"method", "goal_pkr", "ap_at_goal", "ap_ci", "delta_ap_dense", "delta_ap_random", "significant_vs_vpp",
+                "converged", "seeds", "pkr"}
+    assert all(contract <= set(r) for r in table)
+    settings = pq.read_table(tmp_path / "rep" / "settings.parquet").to_pylist()
+    assert len(settings) == 7  # dense + 3 methods x 2 settings
     md = (tmp_path / "rep" / "leaderboard.md").read_text()
-    assert "| vpp | 55 | 53.0 ± 1.4 |" in md and "39.0 ± 1.4" in md and "-2.0" in md
+    assert "| vpp | 0.35 | 2 | 35.0 ± 1.4 | 31.0 ± 1.4 |" in md and "not bracketed" in md and "**no** (3/4)" in md
     from prunebench.platform.cli import main
 
     assert main(["report", "--experiment", "known", "--out", str(tmp_path / "cli"), "--tracking-uri", uri, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) >= {"leaderboard", "files"} and len(out["leaderboard"]) == 4
+    assert set(out) >= {"leaderboard", "files"} and len(out["leaderboard"]) == 6
     assert main(["report", "--experiment", "empty", "--out", str(tmp_path / "e"), "--tracking-uri", uri]) == 2
     assert not (tmp_path / "e" / "report.html").exists()
 
@@ -147,7 +209,7 @@ def test_report_renders_in_headless_chromium(store, tmp_path):
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=10000"]
     dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
     title = re.search(r"<title>(.*?)</title>", dom.stdout).group(1)
-    assert title == "prunebench report: 4/4 figures, 3/3 tables", title
+    assert title == "prunebench report: 5/5 figures, 6/6 tables", title
     shot = tmp_path / "report.png"
     subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1400,2600", page],
                    capture_output=True, timeout=120, check=True)
