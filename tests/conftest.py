@@ -8,6 +8,14 @@ import prunebench  # noqa: F401  (installs the torchvision guard before timm is 
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _dense_cache(tmp_path_factory):
+    """Dense models trained by the tests are cached in a folder of the test session, not the user's cache."""
+    import os
+
+    os.environ["PRUNEBENCH_CACHE"] = str(tmp_path_factory.mktemp("dense-cache"))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

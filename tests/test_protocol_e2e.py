@@ -80,22 +80,23 @@ def test_demo_end_to_end_on_tiny_settings(tmp_path, capsys):
             "feedforward_dim: 64, train_points: 256}",
             "train.steps=3", "train.batch_size=2", "finetune.steps=2", "eval.timing_frames=3", "eval.warmup_frames=1"]
     result = _run(capsys, ["demo", "--out", str(out), "--json", *[a for s in sets for a in ("--set", s)]])
-    labels = [r["label"] for r in result["leaderboard"]]
-    assert labels[0] == "dense" and len(labels) == 9
-    assert {label.split("-")[0] for label in labels[1:]} == {"vpp", "dynamicvit", "tps", "svit"}
-    assert all(r["fps_model"] > 0 for r in result["leaderboard"])  # every model timed
+    methods = {"vpp", "dynamicvit", "tps", "svit"}
+    assert {(r["method"], r["goal_pkr"]) for r in result["leaderboard"]} == {(m, g) for m in methods for g in (0.55, 0.40)}
+    assert all("converged" in r for r in result["leaderboard"])
+    assert "too short to rank methods" in result["caveat"] and "prunebench benchmark benchmark-cpu" in result["caveat"]
     assert (out / "report" / "report.html").exists() and (out / "report" / "leaderboard.parquet").exists()
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(result["mlflow_tracking_uri"])
     runs = client.search_runs([result["mlflow_experiment_id"]], filter_string="tags.`prunebench.kind` = 'eval'")
-    assert len(runs) == 9 and all("fps_model" in r.data.metrics for r in runs)
+    assert len(runs) == 9 and all("fps_model" in r.data.metrics for r in runs)  # every model timed
     assert all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["target"] for r in runs if r.data.tags["method"] != "dense"} == {"0.55", "0.40"}
     assert any(f.endswith("report.html") for f in result["report_files"])
     import pyarrow.parquet as pq
 
-    board = pq.read_table(out / "report" / "leaderboard.parquet").to_pylist()
-    assert len(board) == 9 and {r["method"] for r in board} == {"dense", "vpp", "dynamicvit", "tps", "svit"}
+    settings = pq.read_table(out / "report" / "settings.parquet").to_pylist()
+    assert len(settings) == 9 and {r["method"] for r in settings} == {"dense", *methods}
 
 
 def test_bench_dense_vs_every_method(setup, capsys):

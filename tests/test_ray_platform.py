@@ -48,12 +48,12 @@ def test_killed_train_worker_resumes_from_its_last_checkpoint(dense, tmp_path):
     assert (tmp_path / "ft.safetensors").stat().st_size > 0
 
 
-def _finished_children(client, name):
+def _trial_runs(client, name):
+    """Every trial's run of the study (evaluated, or stopped early by ASHA)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         return []
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`prunebench.kind` = 'eval'")
-    return runs
+    return client.search_runs([experiment.experiment_id], filter_string=f"tags.`prunebench.sweep` = '{name}'")
 
 
 def test_study_resumes_after_its_driver_is_killed(dense):
@@ -65,7 +65,7 @@ def test_study_resumes_after_its_driver_is_killed(dense):
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
     while time.time() < deadline and driver.poll() is None:
-        if any(r.info.status == "FINISHED" for r in _finished_children(client, name)):
+        if any(r.info.status == "FINISHED" for r in _trial_runs(client, name)):
             break
         time.sleep(2)
     assert driver.poll() is None, "the study finished before it could be interrupted"
@@ -75,12 +75,16 @@ def test_study_resumes_after_its_driver_is_killed(dense):
     resumed = cli(["tune", "dynamicvit", "--config", config, "--from", result["checkpoint"], "--num-samples", "4",
                    "--name", name, "--set", "eval.threads=2", "--resume", "--json"])
     assert resumed["trials"] == 4
-    children = _finished_children(client, name)
+    children = _trial_runs(client, name)
     trial_ids = [r.data.tags["trial_id"] for r in children]
     assert len(trial_ids) == len(set(trial_ids)) == resumed["trials"]  # no trial lost, none twice
     assert all(r.info.status == "FINISHED" for r in children)
+    evaluated = [r for r in children if r.data.tags["prunebench.kind"] == "eval"]
+    stopped = [r for r in children if r.data.tags["prunebench.kind"] == "stopped"]
+    assert len(evaluated) == resumed["evaluated"] and len(evaluated) + len(stopped) == 4
+    assert all(r.data.tags["stopped_early"] == "true" and "AP" not in r.data.metrics for r in stopped)
     # a trial evaluates on its own CPUs (1 each), not eval.threads: 2 threads each would oversubscribe
-    assert all(r.data.metrics["threads"] == 1 for r in children)
+    assert all(r.data.metrics["threads"] == 1 for r in evaluated)
     assert resumed["best"] and all("AP" in b and "pkr" in b for b in resumed["best"])
 
 
