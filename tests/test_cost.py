@@ -1,4 +1,4 @@
-"""Cost accounting against the published anchors (methods.md §0.4, §3.7, §4.4; issue 2)."""
+"""Cost accounting against the published anchors (docs/methods.md §1.5, §10; issue 2)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""DynamicViT (Rao et al., NeurIPS 2021), adapted to dense maps as methods.md §3 and §9 say.
+"""DynamicViT (Rao et al., NeurIPS 2021), adapted to dense maps as docs/methods.md §4 (§4.4) says.
 
 Predictors on the inputs of ``positions`` (default 3, 6, 9) score the still-active tokens with a
 local feature and the mask-weighted mean of the active tokens as global feature (no class token).

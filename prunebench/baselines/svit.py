@@ -1,4 +1,4 @@
-"""SViT (Liu et al., WACV 2024), methods.md §2.
+"""SViT (Liu et al., WACV 2024), docs/methods.md §3.
 
 One selector (LN → D→D/4 → GELU → 2) per position (default blocks 3..11). Each selector sees all
 tokens, including stale ones, and decides afresh (reactivation); the keep count is dynamic.

@@ -1,4 +1,4 @@
-"""TPS, joint token pruning and squeezing (Wei et al., CVPR 2023), dTPS variant (methods.md §4).
+"""TPS, joint token pruning and squeezing (Wei et al., CVPR 2023), dTPS variant (docs/methods.md §5).
 
 DynamicViT's predictors and schedule; after each pruning decision the tokens pruned *at this
 stage* are squeezed into their most similar kept host (cosine similarity of the block inputs):

@@ -1,6 +1,6 @@
 """Frames and targets for training and evaluation: resize, pad to 32, normalise, clip sampling.
 
-Training samples are clips in VPP's protocol (methods.md §1.8): a key frame plus ``num_ref``
+Training samples are clips in VPP's protocol (docs/methods.md §2.8): a key frame plus ``num_ref``
 reference frames drawn uniformly within ±``frame_range`` of it, in random temporal order, with the
 key frame last; one random horizontal flip for the whole clip. Evaluation walks each video's frames
 in order.

@@ -1,4 +1,4 @@
-"""Typed, validated method parameters (names as in architecture.md's table).
+"""Typed, validated method parameters (names as in docs/contracts.md §4).
 
 Each pruning method declares a frozen dataclass of its parameters. ``parse_params`` turns a plain
 mapping (from YAML, ``--set`` or a search space) into that dataclass, coercing types and rejecting

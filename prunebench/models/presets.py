@@ -1,10 +1,10 @@
 """Method parameters that aim at a goal PKR: the paper's 55 % and 40 % settings, and any PKR in between.
 
 - DynamicViT / TPS: ρ = 0.6 and 0.4 give PKR 0.544 / 0.406 with pruning before blocks 3, 6, 9
-  (exactly VPP Table 2's baselines; methods.md §0.5).
-- VPP: the official configs, κ = 0.7, q = 0.8 (55 %) and κ = 0.6, q = 0.7 (40 %; methods.md §1.7).
+  (exactly VPP Table 2's baselines; docs/methods.md §1.4).
+- VPP: the official configs, κ = 0.7, q = 0.8 (55 %) and κ = 0.6, q = 0.7 (40 %; docs/methods.md §2.7).
 - SViT: the three-level schedule q, q², q³ over blocks 3..11 solving (3 + 3(q + q² + q³))/12 = P,
-  q ≈ 0.607 (55 %) and 0.39 (40 %); the authors' values are unpublished (methods.md §2.7).
+  q ≈ 0.607 (55 %) and 0.39 (40 %); the authors' values are unpublished (docs/methods.md §3.5).
 """
 
 from __future__ import annotations

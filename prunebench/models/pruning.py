@@ -53,7 +53,7 @@ def hard_gumbel_keep(
     - standard Gumbel-softmax(ℓ, τ) (SViT, DynamicViT, TPS): ``noise_scale=1, temperature=τ``,
       so P(keep) = σ(Δ) for any τ;
     - VPP's call Gumbel-softmax(τ·ℓ, τ): ``noise_scale=1/τ, temperature=1``, so P(keep) = σ(τ·Δ)
-      (methods.md §0.2).
+      (docs/methods.md §1.2).
 
     ``noise=False`` gives the deterministic decision ``Δ > 0``.
     """

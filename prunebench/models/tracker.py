@@ -1,4 +1,4 @@
-"""Online VIS tracking by query matching across frames (MinVIS style, methods.md §7.2).
+"""Online VIS tracking by query matching across frames (MinVIS style, docs/methods.md §8.1).
 
 Frame t's query embeddings are matched to the previous frame's already-aligned embeddings with
 the Hungarian algorithm (scipy) on the cosine cost, and frame t's outputs are permuted so that a

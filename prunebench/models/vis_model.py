@@ -3,7 +3,7 @@
 The Mask2Former pixel decoder, masked-attention transformer decoder and loss (Hungarian
 matching, class + mask BCE + dice on sampled points) are transformers' own. Its backbone is
 replaced by a stand-in that returns the strides 4/8/16/32 maps a ViTDet-style simple pyramid
-builds from the PrunableViT's dense stride-16 map (environment.md §3b).
+builds from the PrunableViT's dense stride-16 map (docs/platform.md §3).
 """
 
 from __future__ import annotations

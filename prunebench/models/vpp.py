@@ -1,4 +1,4 @@
-"""VPP, Video Patch Pruning (Glandorf et al., CVPRW 2026), as restated in methods.md §1.
+"""VPP, Video Patch Pruning (Glandorf et al., CVPRW 2026), as restated in docs/methods.md §2.
 
 Stages: a Mapping-Selective Module (Map-SM) on the input of block ``map_position`` maps the
 previous frame's block-``ref_block`` output onto the current tokens and keeps the top ⌊κN⌋;
@@ -10,7 +10,7 @@ Temporal state (per video stream, passed explicitly from frame to frame; None = 
 in force at block ``ref_block``) and the token grid. On a stream's first frame the Map-SM keeps
 every token (blocks ``map_position`` .. next stage run dense); the SMs still run.
 
-``x_ref`` has two readings (methods.md §1.2): ``paper`` = the token map at the input of the Map-SM
+``x_ref`` has two readings (docs/methods.md §2.2): ``paper`` = the token map at the input of the Map-SM
 block; ``code`` = the map at the end of the Map-SM stage (input of the next pruning position),
 which is what the released code's in-place aliasing stores at inference. The chosen reading is
 used in training and in inference alike.
