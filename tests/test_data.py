@@ -1,5 +1,7 @@
 """Synthetic generator determinism and the reader's malformed-input errors."""
 
+import colorsys
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -8,6 +10,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from prunebench.config import load_config
+from prunebench.data import synth as synth_module
 from prunebench.data.synth import SynthSpec, generate
 from prunebench.data.ytvis import YTVISDataset
 from prunebench.errors import ConfigError
@@ -145,3 +149,100 @@ def test_polygon_and_uncompressed_rle_segmentations(synth, tmp_path):
 def test_reader_reports_missing_annotation_file(tmp_path):
     with pytest.raises(ConfigError, match="annotation file not found"):
         YTVISDataset(tmp_path, "train")
+
+
+# --- harder data (SynthSpec's hardness options) -------------------------------------------------
+
+#: sha256 of each split (JPEG bytes + annotation file) and of splits.json, drawn by the code before
+#: the hardness options existed (commit 3db80f8) with Pillow's JPEG encoder of this environment; the
+#: options at their defaults must not change a byte (the demo's trained AP depends on these files)
+PINNED = {
+    "test SPEC": ("fcc93dd289cb400f2a74157cba2913d515005951bd48fa7f8a5c7f5c2e8cfff3",
+                  "49e0cc2957fa4f2a63071ff29661f34537f6abff3e71d42279440b07088ddcb9",
+                  "148745871e4d720f4af8e2aa94a0f06622f7e0c2f0644b96f42833e51c790cfb"),
+    "defaults, 2 + 1 videos": ("233c94eb428c782e384f3a2198b8d0b6b44ece7213c9ea340ed555acc423f00e",
+                               "4456e0ca89ab2b8963e9784c3e6dd00c417efd326404585535756e6ff2ba2f01",
+                               "6c205413b75b84a57bdf4f1e294f5446cf79d5c6b40e7e8a91c7a2be5df9c8e0"),
+}
+HARD = SynthSpec(videos=4, valid_videos=1, frames=6, height=128, width=224, seed=1, scene_cut_prob=0.5,
+                 hue_mode="shared", radius_range=(0.06, 0.08), max_objects=2, camera_motion=2.0)
+
+
+def _hashes(root: Path, info: dict) -> tuple[str, str, str]:
+    return (info["splits"]["train"]["sha256"], info["splits"]["valid"]["sha256"],
+            hashlib.sha256((root / "splits.json").read_bytes()).hexdigest())
+
+
+def test_default_options_give_the_pinned_files(synth, tmp_path):
+    assert _hashes(*synth) == PINNED["test SPEC"]
+    root = tmp_path / "defaults"
+    assert _hashes(root, generate(root, SynthSpec(videos=2, valid_videos=1), workers=1)) == PINNED["defaults, 2 + 1 videos"]
+
+
+def _hue(rgb: np.ndarray) -> float:
+    return 360.0 * colorsys.rgb_to_hsv(*(rgb / 255.0))[0]
+
+
+def test_shared_hues_cover_the_circle_for_every_category():
+    rng = np.random.default_rng(0)
+    for category, base in synth_module.CATEGORY_HUES.items():
+        own = [_hue(synth_module._colors(rng, category, "category")[0]) for _ in range(100)]
+        assert max(abs((h - base + 180) % 360 - 180) for h in own) <= 18.5
+        shared = [_hue(synth_module._colors(rng, category, "shared")[0]) for _ in range(300)]
+        assert len({int(h // 30) % 12 for h in shared}) == 12  # every 30° sector, whatever the category
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hard") / "data"
+    generate(root, HARD, workers=1)
+    return root
+
+
+def test_small_objects_are_annotated(hard):
+    train = YTVISDataset(hard, "train")
+    assert all(1 <= len(v.instances) <= HARD.max_objects for v in train.videos)
+    annotations = json.loads((hard / "annotations" / "instances_train.json").read_text())["annotations"]
+    means = [np.mean([a for a in ann["areas"] if a is not None]) for ann in annotations]
+    assert all(synth_module.MIN_VISIBLE_PIXELS <= m < 512 for m in means)  # under 2 patches of 16x16
+
+
+def test_camera_moves_a_still_object_with_the_scene(monkeypatch):
+    spec = SynthSpec(frames=6, height=64, width=96, scene_cut_prob=0.0, camera_motion=2.0)
+    still = synth_module._Object(category=1, radius=10.0, position=np.array([48.0, 32.0]), velocity=np.zeros(2),
+                                 angle=0.0, spin=0.0, wobble=0.0, colors=(np.full(3, 220.0), np.zeros(3)),
+                                 depth=0.0, start=0, stop=spec.frames)
+    monkeypatch.setattr(synth_module, "_objects", lambda rng, spec, camera: [still])
+    _, _, masks = synth_module._render_video(np.random.default_rng(0), spec)
+    camera = synth_module._camera_path(np.random.default_rng(0), spec)  # the video's first draws
+    assert np.abs(camera).max() >= 2
+    for t, mask in enumerate(masks[0]):
+        ys, xs = np.nonzero(mask)
+        np.testing.assert_allclose([xs.mean(), ys.mean()], still.position - camera[t], atol=1e-6)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--radius-range", "0.3", "0.1"], "--radius-range 0.3 0.1: allowed: LOW HIGH with 0 < LOW <= HIGH <= 0.5"),
+    (["--radius-range", "0", "0.2"], "--radius-range 0.0 0.2"),
+    (["--max-objects", "0"], "--max-objects 0: allowed: an integer >= 1"),
+    (["--camera-motion", "-1"], "--camera-motion -1.0: allowed: pixels per frame in [0, 16]"),
+    (["--hue-mode", "rainbow"], "'rainbow'"),
+])
+def test_bad_hardness_options_exit_with_one_line(tmp_path, capsys, args, fragment):
+    try:
+        code = main(["data", "synth", str(tmp_path / "d"), *args])
+    except SystemExit as stop:  # argparse's own checks (--hue-mode choices)
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
+    assert not (tmp_path / "d").exists()
+
+
+def test_hardness_options_from_a_config():
+    synth = {**HARD.__dict__, "radius_range": [0.06, 0.08]}  # YAML gives a list
+    assert load_config("demo", {"data.synth": synth}).data.synth == HARD
+    with pytest.raises(ConfigError, match=r"^--radius-range 0.06 0.08 0.1: allowed"):
+        load_config("demo", {"data.synth": {**synth, "radius_range": [0.06, 0.08, 0.1]}})
+    with pytest.raises(ConfigError, match="hue_mode='rainbow' has the wrong type; allowed: one of 'category', 'shared'"):
+        load_config("demo", {"data.synth": {**synth, "hue_mode": "rainbow"}})

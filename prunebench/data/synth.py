@@ -2,11 +2,19 @@
 
 Nothing can be downloaded here, so the real readers and the whole pipeline are exercised on videos
 this module draws. They are not trivial: a textured background that pans slowly; 1–4 objects per
-video from 5 categories that differ in shape *and* texture (disk/solid, square/stripes,
-triangle/checker, ring/speckle, cross/dots) and in hue (each category has its own colour range,
+video (by default) from 5 categories that differ in shape *and* texture (disk/solid, square/stripes,
+triangle/checker, ring/speckle, cross/dots) and, by default, in hue (each category has its own colour range,
 jittered per instance); smooth motion with rotation and breathing scale; occlusion by depth order;
 objects that enter (sliding in from outside the frame within ``ENTRY_FRAMES`` frames) or leave
 mid-video; optional scene cuts (new background, objects jump; identities continue, as in the paper's §5.4).
+
+Harder data for benchmarking (``SynthSpec`` options; the defaults keep the files byte-identical to
+those drawn before the options existed, because nothing extra is drawn at a default):
+``hue_mode="shared"`` removes the colour shortcut (every category draws its hue from the whole
+circle, so only shape and texture tell the class); ``radius_range`` sets object sizes (e.g.
+(0.06, 0.30): from about one 16-pixel patch across to large); ``max_objects`` raises the objects per
+video; ``camera_motion`` adds a camera whose smoothly wandering drift (pixels per frame) moves the
+whole scene, background and objects alike.
 
 Layout written (both splits carry ground truth):
 
@@ -32,7 +40,7 @@ import tempfile
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 from PIL import Image
@@ -49,11 +57,24 @@ CATEGORIES = [
 ]
 JPEG_QUALITY = 92
 MIN_VISIBLE_PIXELS = 4
+#: the fastest camera allowed (pixels per frame): one ViT patch
+MAX_CAMERA_MOTION = 16.0
+HueMode = Literal["category", "shared"]
+#: the options that make the data harder (see SynthSpec)
+HARDNESS_OPTIONS = ("hue_mode", "radius_range", "max_objects", "camera_motion")
 
 
 @dataclass(frozen=True)
 class SynthSpec:
-    """What to generate. ``videos`` is the train split size; valid gets ``valid_videos``."""
+    """What to generate. ``videos`` is the train split size; valid gets ``valid_videos``.
+
+    The last four fields make the data harder; at their defaults nothing is drawn for them, so the
+    files are the same as before they existed. ``hue_mode``: "category" (each category its own hue
+    range) or "shared" (every category draws from the full hue circle: the class is told by shape
+    and texture only). ``radius_range``: object radius as a fraction of the short side.
+    ``max_objects``: objects per video are drawn from 1..max_objects. ``camera_motion``: mean speed
+    (pixels per frame) of a camera that moves the whole scene, background and objects alike.
+    """
 
     videos: int = 24
     valid_videos: int = 8
@@ -62,10 +83,14 @@ class SynthSpec:
     width: int = 224
     seed: int = 0
     scene_cut_prob: float = 0.15
+    hue_mode: HueMode = "category"
+    radius_range: tuple[float, float] = (0.15, 0.28)
+    max_objects: int = 4
+    camera_motion: float = 0.0
 
     def validate(self) -> None:
-        """One-line errors for impossible sizes."""
-        for name in ("videos", "valid_videos", "frames"):
+        """One-line errors for impossible sizes and options."""
+        for name in ("videos", "valid_videos", "frames", "max_objects"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: allowed: an integer >= 1")
         for name in ("height", "width"):
@@ -73,6 +98,19 @@ class SynthSpec:
                 raise ConfigError(f"--{name} {getattr(self, name)}: allowed: at least 32 pixels")
         if not 0.0 <= self.scene_cut_prob <= 1.0:
             raise ConfigError(f"--scene-cut-prob {self.scene_cut_prob}: allowed: a probability in [0, 1]")
+        if self.hue_mode not in get_args(HueMode):
+            raise ConfigError(f"--hue-mode {self.hue_mode!r}: allowed: {', '.join(map(repr, get_args(HueMode)))}")
+        if len(self.radius_range) != 2 or not 0.0 < self.radius_range[0] <= self.radius_range[1] <= 0.5:
+            raise ConfigError(f"--radius-range {' '.join(map(str, self.radius_range))}: allowed: LOW HIGH with 0 < LOW <= HIGH <= 0.5")
+        if not 0.0 <= self.camera_motion <= MAX_CAMERA_MOTION:
+            raise ConfigError(f"--camera-motion {self.camera_motion}: allowed: pixels per frame in [0, {MAX_CAMERA_MOTION:g}]")
+
+    def record(self) -> dict[str, Any]:
+        """The fields written to splits.json; the hardness options only where they differ from their
+        defaults, so a default spec writes the same file as before those options existed."""
+        defaults = SynthSpec()
+        return {name: value for name, value in self.__dict__.items()
+                if name not in HARDNESS_OPTIONS or value != getattr(defaults, name)}
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -158,20 +196,21 @@ def _hsv(hue: float, saturation: float, value: float) -> np.ndarray:
     return (np.array(rgb) + (value - c)) * 255.0
 
 
-def _colors(rng: np.random.Generator, category: int) -> tuple[np.ndarray, np.ndarray]:
-    """A saturated main colour near the category's hue, and a contrasting texture colour."""
-    hue = CATEGORY_HUES[category] + rng.uniform(-18, 18)
+def _colors(rng: np.random.Generator, category: int, hue_mode: HueMode) -> tuple[np.ndarray, np.ndarray]:
+    """A saturated main colour (near the category's hue, or any hue when shared), and a contrasting texture colour."""
+    hue = CATEGORY_HUES[category] + rng.uniform(-18, 18) if hue_mode == "category" else rng.uniform(0, 360)
     main = _hsv(hue, rng.uniform(0.7, 1.0), rng.uniform(0.75, 1.0))
     accent = _hsv(hue + rng.uniform(150, 210), rng.uniform(0.5, 1.0), rng.uniform(0.3, 0.9))
     return main.astype(np.float32), accent.astype(np.float32)
 
 
-def _objects(rng: np.random.Generator, spec: SynthSpec) -> list[_Object]:
-    count = int(rng.integers(1, 5))
+def _objects(rng: np.random.Generator, spec: SynthSpec, camera: np.ndarray) -> list[_Object]:
+    """The video's objects, placed in the view of frame 0 (an entering one in the view of its first frame)."""
+    count = int(rng.integers(1, spec.max_objects + 1))
     short = min(spec.height, spec.width)
     objects = []
     for _ in range(count):
-        radius = float(rng.uniform(0.15, 0.28) * short)
+        radius = float(rng.uniform(*spec.radius_range) * short)
         start, stop = 0, spec.frames
         position = np.array([rng.uniform(radius, spec.width - radius), rng.uniform(radius, spec.height - radius)])
         speed = rng.uniform(0.4, 1.6) * short / 64
@@ -185,45 +224,62 @@ def _objects(rng: np.random.Generator, spec: SynthSpec) -> list[_Object]:
                        np.array([position[0], -radius]), np.array([position[0], spec.height + radius])][side]
             # fully in at start + ENTRY_FRAMES (at ``position``), then drifting like the others
             entry_offset = position - velocity * ENTRY_FRAMES - outside
-            position = position - velocity * (start + ENTRY_FRAMES)
+            position = position - velocity * (start + ENTRY_FRAMES) + camera[start]
         elif spec.frames >= 6 and rng.random() < 0.2:  # leaves (is removed) mid-video
             stop = int(rng.integers(spec.frames // 2, spec.frames))
         category = int(rng.integers(1, len(CATEGORIES) + 1))
         objects.append(_Object(
             category=category, radius=radius, position=position,
             velocity=velocity, angle=float(rng.uniform(0, 2 * math.pi)), spin=float(rng.uniform(-0.08, 0.08)),
-            wobble=float(rng.uniform(0, 2 * math.pi)), colors=_colors(rng, category),
+            wobble=float(rng.uniform(0, 2 * math.pi)), colors=_colors(rng, category, spec.hue_mode),
             depth=float(rng.random()), start=start, stop=stop, entry_offset=entry_offset,
         ))
     return objects
 
 
+def _camera_path(rng: np.random.Generator, spec: SynthSpec) -> np.ndarray:
+    """Camera position per frame in whole pixels (frames x 2, x then y; 0 at frame 0): a drift at
+    ``camera_motion`` x U(0.5, 1.5) pixels per frame whose heading wanders smoothly. Draws nothing
+    when ``camera_motion`` is 0."""
+    if spec.camera_motion == 0.0:
+        return np.zeros((spec.frames, 2))
+    heading = rng.uniform(0, 2 * math.pi) + np.cumsum(rng.normal(0, 0.3, size=spec.frames - 1))
+    steps = spec.camera_motion * rng.uniform(0.5, 1.5) * np.stack([np.cos(heading), np.sin(heading)], axis=1)
+    return np.round(np.concatenate([np.zeros((1, 2)), np.cumsum(steps, axis=0)]))
+
+
 def _render_video(rng: np.random.Generator, spec: SynthSpec) -> tuple[list[np.ndarray], list[_Object], list[list[np.ndarray | None]]]:
-    """Frames (uint8 HxWx3) and, per object, its visible mask per frame (None when absent)."""
+    """Frames (uint8 HxWx3) and, per object, its visible mask per frame (None when absent).
+
+    Objects live in scene coordinates; the camera moves the whole view over the scene (the
+    background's own slow pan comes on top, as a far layer would move).
+    """
+    camera = _camera_path(rng, spec)
+    reach = int(np.abs(camera).max())  # margin the camera may look into on each side
     pan = int(spec.frames * 2 + 8)
-    background = _background(rng, spec.height + pan, spec.width + pan)
+    background = _background(rng, spec.height + pan + 2 * reach, spec.width + pan + 2 * reach)
     pan_velocity = rng.uniform(-1.5, 1.5, size=2)
     origin = np.array([pan / 2, pan / 2])
-    objects = _objects(rng, spec)
+    objects = _objects(rng, spec, camera)
     cut = int(rng.integers(2, spec.frames)) if spec.frames >= 4 and rng.random() < spec.scene_cut_prob else -1
     yy, xx = np.mgrid[0:spec.height, 0:spec.width].astype(np.float32)
     frames, masks = [], [[None] * spec.frames for _ in objects]
     order = sorted(range(len(objects)), key=lambda i: objects[i].depth)
     for t in range(spec.frames):
         if t == cut:  # scene cut: new background, objects jump
-            background = _background(rng, spec.height + pan, spec.width + pan)
+            background = _background(rng, spec.height + pan + 2 * reach, spec.width + pan + 2 * reach)
             for obj in objects:
                 obj.position = np.array([rng.uniform(obj.radius, spec.width - obj.radius),
-                                         rng.uniform(obj.radius, spec.height - obj.radius)]) - obj.velocity * t
+                                         rng.uniform(obj.radius, spec.height - obj.radius)]) - obj.velocity * t + camera[t]
                 obj.entry_offset = None
-        offset = np.clip(origin + pan_velocity * t, 0, pan - 1).astype(int)
+        offset = np.clip(origin + pan_velocity * t, 0, pan - 1).astype(int) + reach + camera[t].astype(int)
         image = background[offset[1]:offset[1] + spec.height, offset[0]:offset[0] + spec.width].copy()
         drawn: list[tuple[int, np.ndarray]] = []
         for i in order:
             obj = objects[i]
             if not obj.start <= t < obj.stop:
                 continue
-            center = obj.center(t)
+            center = obj.center(t) - camera[t]
             radius = obj.radius * (1.0 + 0.08 * math.sin(0.5 * t + obj.wobble))
             angle = obj.angle + obj.spin * t
             dx, dy = (xx - center[0]) / radius, (yy - center[1]) / radius
@@ -337,7 +393,7 @@ def generate(out: str | os.PathLike[str], spec: SynthSpec, overwrite: bool = Fal
             "train": _write_split(staging, "train", spec.videos, spec, train_seed, pool),
             "valid": _write_split(staging, "valid", spec.valid_videos, spec, valid_seed, pool),
         }
-        record = {"spec": spec.__dict__, "splits": splits}
+        record = {"spec": spec.record(), "splits": splits}
         (staging / "splits.json").write_text(json.dumps(record, indent=2, sort_keys=True))
         if target.exists():
             shutil.rmtree(target)

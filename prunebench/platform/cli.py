@@ -94,7 +94,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    from prunebench.data.synth import SynthSpec
+    from typing import get_args
+
+    from prunebench.data.synth import HueMode, SynthSpec
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     p = data.add_parser("synth", help="write a synthetic YouTube-VIS-format dataset (train + valid)",
@@ -108,6 +110,13 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=defaults.width)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--scene-cut-prob", type=float, default=defaults.scene_cut_prob)
+    p.add_argument("--hue-mode", choices=get_args(HueMode), default=defaults.hue_mode,
+                   help="category: each category its own hue range; shared: all categories draw from every hue")
+    p.add_argument("--radius-range", nargs=2, type=float, default=defaults.radius_range, metavar=("LOW", "HIGH"),
+                   help="object radius as a fraction of the short side (default: %(default)s)")
+    p.add_argument("--max-objects", type=int, default=defaults.max_objects, metavar="N", help="objects per video: 1..N")
+    p.add_argument("--camera-motion", type=float, default=defaults.camera_motion,
+                   help="mean camera speed in pixels per frame; moves the whole scene (default: 0, a still camera)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--workers", type=int, default=None,
                    help="processes drawing videos (default: one per CPU; the files do not depend on it)")
@@ -119,7 +128,9 @@ def _run_synth(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.data.synth import SynthSpec, generate
 
     spec = SynthSpec(videos=args.videos, valid_videos=args.valid_videos, frames=args.frames, height=args.height,
-                     width=args.width, seed=args.seed, scene_cut_prob=args.scene_cut_prob)
+                     width=args.width, seed=args.seed, scene_cut_prob=args.scene_cut_prob, hue_mode=args.hue_mode,
+                     radius_range=tuple(args.radius_range), max_objects=args.max_objects,
+                     camera_motion=args.camera_motion)
     return generate(args.out, spec, overwrite=args.overwrite, workers=args.workers)
 
 
