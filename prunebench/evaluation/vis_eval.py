@@ -10,7 +10,10 @@ IoI (paper Eq. 9): for every non-crowd ground-truth instance and every frame it 
 fraction of its patches that enter each block, averaged over blocks, then over the instance's
 frames, then over instances. A patch belongs to the instance if **any** pixel of its (resized,
 padded) mask falls inside the 16×16 patch. S/M/L use the YouTube-VIS ranges (128², 256²) on the
-instance's mean area at the video's resolution; a bucket without instances is None.
+instance's mean area at the video's resolution; a bucket without instances is None. ``per_block``
+is the same recall block by block (how much of the objects VPP's Map-SM keeps at blocks 1–2, say),
+and ``fg_precision`` the share of the tokens entering each block that are foreground patches: together
+they say how well a selector finds the objects, against the ``oracle`` control's ground-truth mask.
 """
 
 from __future__ import annotations
@@ -41,10 +44,10 @@ from prunebench.models.vit import PATCH_SIZE, create_backbone
 
 
 class IoIMeter:
-    """Accumulates IoI per instance, then averages overall and per size bucket."""
+    """Accumulates IoI per instance, then averages overall, per size bucket and per block."""
 
     def __init__(self) -> None:
-        self._per_instance: dict[tuple[int, int], list[float]] = defaultdict(list)
+        self._per_instance: dict[tuple[int, int], list[np.ndarray]] = defaultdict(list)
         self._area: dict[tuple[int, int], float] = {}
 
     def update(self, key: tuple[int, int], patches: torch.Tensor, block_keep: torch.Tensor, area: float) -> None:
@@ -52,19 +55,43 @@ class IoIMeter:
         if not bool(patches.any()):
             return
         inside = block_keep[:, patches].float().mean(dim=1)  # per block: kept fraction of the instance
-        self._per_instance[key].append(float(inside.mean()))
+        self._per_instance[key].append(inside.numpy())
         self._area[key] = area
 
-    def result(self) -> dict[str, float | None]:
-        """IoI in percent, overall and per S/M/L."""
+    def result(self) -> dict[str, Any]:
+        """IoI in percent, overall and per S/M/L, and per block (``per_block``: the mean over instances)."""
         buckets: dict[str, list[float]] = {"all": [], "S": [], "M": [], "L": []}
+        blocks = []
         for key, values in self._per_instance.items():
-            value = float(np.mean(values)) * 100.0
-            buckets["all"].append(value)
+            per_block = np.mean(values, axis=0) * 100.0
+            blocks.append(per_block)
+            buckets["all"].append(float(per_block.mean()))
             for name, (low, high) in zip(("S", "M", "L"), VIDEO_AREA_RANGES[1:]):
                 if low <= self._area[key] < high:
-                    buckets[name].append(value)
-        return {k: (float(np.mean(v)) if v else None) for k, v in buckets.items()}
+                    buckets[name].append(float(per_block.mean()))
+        result: dict[str, Any] = {k: (float(np.mean(v)) if v else None) for k, v in buckets.items()}
+        result["per_block"] = np.mean(blocks, axis=0).tolist() if blocks else None
+        return result
+
+
+class ForegroundMeter:
+    """Per block, the share of the tokens entering it that are ground-truth foreground (percent)."""
+
+    def __init__(self) -> None:
+        self._foreground: torch.Tensor | None = None
+        self._kept: torch.Tensor | None = None
+
+    def update(self, foreground: torch.Tensor, block_keep: torch.Tensor) -> None:
+        """One frame: ``foreground`` (N,) bool, ``block_keep`` (depth, N)."""
+        kept_fg, kept = block_keep[:, foreground].double().sum(1), block_keep.double().sum(1)
+        self._foreground = kept_fg if self._foreground is None else self._foreground + kept_fg
+        self._kept = kept if self._kept is None else self._kept + kept
+
+    def result(self) -> list[float] | None:
+        """Foreground precision of the kept tokens per block; None without frames."""
+        if self._kept is None:
+            return None
+        return (100.0 * self._foreground / self._kept.clamp(min=1)).tolist()
 
 
 class _Timer:
@@ -145,6 +172,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
     category_ids = sorted(dataset.categories)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     tracker, accountant, ioi = QueryTracker(config.top_k, config.nms_iou), TokenAccountant(), IoIMeter()
+    precision = ForegroundMeter()
     dense = create_backbone(model.backbone.backbone_name, "dense").to(device).eval()
     dense_gmacs: dict[tuple[int, int], float] = {}
     results, gmacs, kept_examples = [], [], []
@@ -167,6 +195,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
                 if size not in dense_gmacs:
                     dense_gmacs[size] = backbone_cost(dense, image).gmacs
                 _update_ioi(ioi, video, t, patches, backbone_out.block_keep[:, 0].cpu(), areas)
+                precision.update(patches.any(dim=0), backbone_out.block_keep[:, 0].cpu())
                 if len(kept_examples) < examples:
                     kept_examples.append(_example(video, t, backbone_out.block_keep[:, 0].cpu(), image.shape[-2:], max_size))
             results += tracker.finish(video.id, content_size(video.height, video.width, max_size),
@@ -178,6 +207,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
             "pkr": accountant.pkr,
             "per_block_keep": accountant.per_block_keep,
             "ioi": ioi.result(),
+            "fg_precision": precision.result(),
             "gmacs": float(np.mean(gmacs)),
             "gmacs_dense": float(np.mean([dense_gmacs[s] for s in dense_gmacs])),
             "frames": accountant.frames,

@@ -71,7 +71,8 @@ class StepMetrics:
     seconds: float
     skipped: bool = False
     #: mean cumulative keep entering each pruning position (``"b3"`` = input of block 3) over the
-    #: step's frames and samples: what the method's ratio loss drives toward its stage targets
+    #: step's samples and frames (for a temporal method such as VPP, the frames that had its state,
+    #: as at inference): what the method's ratio loss drives toward its stage targets
     stage_keep: dict[str, float] = field(default_factory=dict)
 
 
@@ -131,19 +132,20 @@ def train_steps(
             g["lr"] = g["initial_lr"] * factor
         frames = batch.frames.to(device)
         state, task, prune, keep = None, 0.0, 0.0, 0.0
-        stage_keep: dict[str, float] = {}
+        stage_keep: dict[str, list[float]] = {}
         steps_t = frames.shape[1]
         for t in range(steps_t):
             targets = [(m.to(device), c.to(device)) for m, c in batch.targets[t]]
             foreground = _foreground(targets) if needs_foreground else None
             out = model(frames[:, t], state=state, targets=targets, foreground=foreground)
+            # stage keeps as inference sees them: a temporal method's frames that had its state
+            measured = state is not None or out.backbone.state is None
             state = out.backbone.state
             task = task + out.task_loss
             prune = prune + out.backbone.loss
             keep += float(out.backbone.block_keep.detach().mean())
-            for record in out.backbone.records:
-                name = f"b{record.position}"
-                stage_keep[name] = stage_keep.get(name, 0.0) + float(record.keep.detach().mean()) / steps_t
+            for record in out.backbone.records if measured else ():
+                stage_keep.setdefault(f"b{record.position}", []).append(float(record.keep.detach().mean()))
         loss = (task + prune) / steps_t
         task, prune = task.detach(), prune.detach()
         optimizer.zero_grad(set_to_none=True)
@@ -162,7 +164,8 @@ def train_steps(
         if on_step is not None:
             on_step(StepMetrics(step + 1, float(loss.detach()), float(task) / steps_t, float(prune) / steps_t,
                                 keep / steps_t, optimizer.param_groups[0]["lr"], time.perf_counter() - tic,
-                                skipped=not finite, stage_keep=stage_keep), optimizer)
+                                skipped=not finite, stage_keep={k: sum(v) / len(v) for k, v in stage_keep.items()}),
+                    optimizer)
     return optimizer
 
 
