@@ -64,6 +64,8 @@ class EvalRun:
     converged: bool | None = None
     final_keep: dict[str, float] = field(default_factory=dict)
     target_keep: dict[str, float] = field(default_factory=dict)
+    ioi_per_block: dict[str, float] = field(default_factory=dict)  # "00".."11" -> IoI (%) at that block
+    fg_precision: dict[str, float] = field(default_factory=dict)  # "00".."11" -> foreground share (%) of kept tokens
 
 
 def _prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
@@ -83,6 +85,7 @@ def _as_run(run: Any) -> EvalRun:
         per_video=_prefixed(metrics, PER_VIDEO),
         converged=None if "converged" not in metrics else bool(metrics["converged"]),
         final_keep=_prefixed(metrics, "final_keep_"), target_keep=_prefixed(metrics, "target_keep_"),
+        ioi_per_block=_prefixed(metrics, "ioi_per_block_"), fg_precision=_prefixed(metrics, "fg_precision_"),
     )
 
 

@@ -127,6 +127,29 @@ def ioi_table(board: Leaderboard) -> list[dict[str, Any]]:
             for r in [board.dense, *board.settings]]
 
 
+DIAGNOSTIC_BLOCKS = (1, 2, 3, 6, 9)
+
+
+def diagnostics_table(board: Leaderboard, goals: tuple[float, ...]) -> list[dict[str, Any]]:
+    """How well each method finds the objects, at the setting nearest each goal: IoI (the share of object
+    patches that enter the block) and foreground precision (the share of entering tokens that are object
+    patches) at blocks 1, 2, 3, 6, 9 — the oracle's numbers are the ceiling of selection."""
+    records = []
+    for goal in sorted(goals, reverse=True):
+        for method in sorted({r.method for r in board.settings}):
+            row = _nearest(board, method, goal)
+            if row is None:
+                continue
+            record: dict[str, Any] = {"goal": goal, "method": method, "setting": row.setting}
+            for name, field_name in (("IoI", "ioi_per_block"), ("fg prec.", "fg_precision")):
+                for block in DIAGNOSTIC_BLOCKS:
+                    values = [getattr(r, field_name).get(f"{block:02d}") for r in row.runs]
+                    values = [v for v in values if v is not None]
+                    record[f"{name} b{block}"] = sum(values) / len(values) if values else None
+            records.append(record)
+    return records
+
+
 def convergence_table(board: Leaderboard) -> list[dict[str, Any]]:
     """Per method and setting: measured PKR, each learned stage's final keep beside its target, runs converged."""
     records = []
@@ -209,6 +232,8 @@ def write_report(tracking_uri: str, out: str | Path, experiment: str | None = No
                         f"<h3>Leaderboard at the goal PKRs</h3>{_html_table(goal_shown)}"
                         f"<h3>Every setting</h3>{_html_table(shown)}"
                         f"<h3>Convergence</h3>{_html_table(convergence_table(board))}"
+                        f"<h3>Finding the objects (%, setting nearest each goal)</h3>"
+                        f"{_html_table(diagnostics_table(board, goals))}"
                         f"<h3>Pareto fronts (hypervolume)</h3>{_html_table(volumes)}"
                         f"<h3>IoI (%)</h3>{_html_table(ioi_table(board))}"
                         f"<h3>Figures</h3><div class='figs'>{images}</div>")
