@@ -92,6 +92,18 @@ def test_second_run_reuses_the_cached_dense_model(first):
     assert again["dense_reused"] is True and again["trials"] == 2
 
 
+def test_tune_without_from_reuses_the_cached_dense_model(first):
+    root, _ = first
+    out = root / "tune"
+    result = cli(["tune", "dynamicvit", "--config", "benchmark-tiny", "--num-samples", "1", "--name", "cached",
+                  "--set", f"out={out}", "--set", f"data.root={root / 'out' / 'data'}", "--json"], env=_env(root))
+    assert result["trials"] == 1
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert not [r for r in runs if r.data.tags.get("prunebench.kind") == "train"]  # nothing trained again
+    assert (out / "dense.safetensors").is_file()
+
+
 def test_dense_key_changes_with_data_and_dense_config_only(tmp_path):
     data = tmp_path / "data"
     generate(data, SynthSpec(videos=2, valid_videos=1, frames=3, height=32, width=48), workers=1)

@@ -28,9 +28,8 @@ from prunebench.errors import ConfigError
 from prunebench.evaluation.vis_eval import measure_fps
 from prunebench.models.presets import params_for_pkr
 from prunebench.models.registry import build_method, backbone_spec
-from prunebench.platform.dense_cache import DenseModel, dense_model
-from prunebench.platform.ray_train import Scaling, connect
-from prunebench.platform.runs import evaluate_logged, run_params, train_stage_logged
+from prunebench.platform.ray_train import connect
+from prunebench.platform.runs import cached_dense, evaluate_logged, run_params
 from prunebench.platform.sweep import Sweep, check_resumable, run_sweep
 from prunebench.platform.tracking import Tracker, resolve_tracking_uri
 from prunebench.platform.trial import WEIGHTS, GridTrials, TrialSpec
@@ -80,20 +79,6 @@ def check_benchmark(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
     return benchmark_specs(config)
 
 
-def _dense(config: ExperimentConfig, tracker: Tracker, parent: str, uri: str, address: str | None) -> DenseModel:
-    train, valid = load_datasets(config)
-    threads = max(1, config.eval.threads)
-
-    def train_into(target: Path) -> None:
-        train_stage_logged(config, "train", str(target), None, Scaling(1, config.device == "cuda", threads), None,
-                           address, uri, parent=parent)
-
-    dense = dense_model(config, train, valid, Path(config.out) / "dense.safetensors", train_into)
-    log.info("dense model %s (cache key %s)", "reused from the cache" if dense.reused else "trained", dense.key)
-    tracker.set_tags(parent, {"dense_cache_key": dense.key, "dense_reused": str(dense.reused).lower()})
-    return dense
-
-
 def time_models(config: ExperimentConfig, tracker: Tracker, rows: list[tuple[str, Any]]) -> None:
     """Time every ``(run id, checkpoint)`` one after another (batch 1, eval.threads); log FPS on each run.
 
@@ -131,7 +116,7 @@ def run_benchmark(config: ExperimentConfig, resume: bool = False, tracking_uri: 
                          tags={"prunebench.kind": "benchmark"})
     tracker.log_params(parent, {**run_params(config, valid_set.sha256), "trials": str(len(specs))})
     connect(address)
-    dense = _dense(config, tracker, parent, uri, address)
+    dense = cached_dense(config, tracker, parent, uri, address)
     dense_eval = evaluate_logged(config, str(dense.checkpoint), str(out / "eval" / "dense"), timing=False,
                                  tracking_uri=uri, parent=parent)
     log.info("[2/4] dense model: AP %.1f (%.0f s so far)", dense_eval["AP"] or 0.0, time.perf_counter() - begin)

@@ -261,7 +261,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("space", help="a search-space YAML, or a shipped one: vpp, dynamicvit, tps, svit")
     p.add_argument("--config", default="demo", help="experiment preset or YAML (default: demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
-    p.add_argument("--from", dest="init", required=True, metavar="CKPT", help="the dense checkpoint")
+    p.add_argument("--from", dest="init", default=None, metavar="CKPT",
+                   help="the dense checkpoint (default: the config's dense model from the dense cache, trained once)")
     p.add_argument("--num-samples", type=int, default=8)
     p.add_argument("--objective", default="pkr", help="what to minimise beside maximising AP: pkr or gmacs")
     p.add_argument("--name", default=None, help="study name = MLflow experiment (default: tune-<method>)")
@@ -279,7 +280,18 @@ def _run_tune(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.platform.tracking import resolve_tracking_uri
 
     config = load_config(args.config, parse_assignments(args.overrides))
-    return run_study(args.space, config, args.init, resolve_tracking_uri(args.tracking_uri, config.out),
+    uri = resolve_tracking_uri(args.tracking_uri, config.out)
+    dense = args.init
+    if dense is None:
+        from prunebench.platform.ray_train import connect
+        from prunebench.platform.runs import cached_dense
+        from prunebench.platform.tracking import Tracker
+        from prunebench.search_spaces.loader import load_space
+
+        load_space(args.space)  # a bad space stops before the dense model is trained
+        connect(args.address)
+        dense = str(cached_dense(config, Tracker(uri), None, uri, args.address).checkpoint)
+    return run_study(args.space, config, dense, uri,
                      num_samples=args.num_samples, objective=args.objective, name=args.name, resume=args.resume,
                      address=args.address, cpus_per_trial=args.cpus_per_trial, reports=args.reports, seed=config.seed)
 

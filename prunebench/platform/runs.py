@@ -16,6 +16,7 @@ from typing import Any
 
 from prunebench.config import ExperimentConfig, load_config
 from prunebench.models.presets import PKR_TARGETS, params_for_target, pruning_methods
+from prunebench.platform.dense_cache import DenseModel, dense_model
 from prunebench.platform.ray_train import Scaling, connect, train_on_ray
 from prunebench.platform.tracking import Tracker, flatten, hardware, resolve_tracking_uri
 from prunebench.platform.trial import TrialSpec
@@ -82,6 +83,23 @@ def evaluate_logged(config: ExperimentConfig, checkpoint: str, out: str | None, 
     tracker.log_evaluation(run, metrics, Path(metrics["results"]).parent)
     tracker.end(run)
     return {**metrics, "mlflow_run_id": run}
+
+
+def cached_dense(config: ExperimentConfig, tracker: Tracker, parent: str | None, uri: str, address: str | None) -> DenseModel:
+    """The dense checkpoint of ``config`` in ``<out>/dense.safetensors``: from the dense cache, or trained once
+    on Ray Train (an MLflow run under ``parent``) and cached."""
+    train, valid = load_datasets(config)
+    threads = max(1, config.eval.threads)
+
+    def train_into(target: Path) -> None:
+        train_stage_logged(config, "train", str(target), None, Scaling(1, config.device == "cuda", threads), None,
+                           address, uri, parent=parent)
+
+    dense = dense_model(config, train, valid, Path(config.out) / "dense.safetensors", train_into)
+    log.info("dense model %s (cache key %s)", "reused from the cache" if dense.reused else "trained", dense.key)
+    if parent is not None:
+        tracker.set_tags(parent, {"dense_cache_key": dense.key, "dense_reused": str(dense.reused).lower()})
+    return dense
 
 
 def demo_specs(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
