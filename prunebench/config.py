@@ -101,6 +101,7 @@ class BenchmarkConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     params: dict[str, Any] = field(default_factory=dict)  # method -> list of explicit parameter sets
     cpus_per_trial: int = 1
+    gpus_per_trial: float | None = None  # None: 1 for a cuda config, 0 for a cpu one
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,13 @@
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import psutil
 
 import yaml
 
@@ -39,3 +43,33 @@ def cli(args, env=None, timeout=600, check=True, **popen):
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads(done.stdout)
     return done
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_started(tag: str, before: set[int]) -> None:
+    """Kill the Ray processes started by this test (those mentioning ``tag`` or new since ``before``)."""
+    victims = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if proc.info["pid"] not in before and ("ray" in cmd or tag in cmd) and proc.info["pid"] != os.getpid():
+            victims.append(proc)
+    for proc in victims:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(victims, timeout=15)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass

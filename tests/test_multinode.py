@@ -5,8 +5,6 @@ with the machine-wide `ray stop`.
 """
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,39 +14,10 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from platform_helpers import cli, write_config
+from platform_helpers import cli, free_port, stop_started, write_config
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(tag: str, before: set[int]) -> None:
-    """Kill the Ray processes started by this test (those mentioning ``tag`` or new since ``before``)."""
-    victims = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmd = " ".join(proc.info["cmdline"] or [])
-        except psutil.Error:
-            continue
-        if proc.info["pid"] not in before and ("ray" in cmd or tag in cmd) and proc.info["pid"] != os.getpid():
-            victims.append(proc)
-    for proc in victims:
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(victims, timeout=15)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
 
 
 def test_sweep_submitted_to_a_two_node_cluster(tmp_path):
@@ -57,7 +26,7 @@ def test_sweep_submitted_to_a_two_node_cluster(tmp_path):
     config = write_config(root, eval={"threads": 1, "timing_frames": 2, "warmup_frames": 1})
     dense = cli(["train", config, "--json"])  # the dense checkpoint, on a local Ray of its own
     temp_dir = Path("/tmp") / f"rmn{os.getpid()}"
-    gcs, dashboard = _port(), _port()
+    gcs, dashboard = free_port(), free_port()
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "token"}
     before = {p.pid for p in psutil.process_iter()}
     try:
@@ -86,5 +55,5 @@ def test_sweep_submitted_to_a_two_node_cluster(tmp_path):
         assert all(c.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for c in children)
         assert len({c.data.tags["node_id"] for c in children}) == 2  # one trial on each node
     finally:
-        _stop(str(temp_dir), before)
+        stop_started(str(temp_dir), before)
         time.sleep(1)

@@ -3,10 +3,12 @@
 1. Everything the run needs is checked first (methods, every parameter set, the goals bracketed by
    the settings, the data), before Ray or MLflow start.
 2. The dense model comes from the content-keyed cache or is trained once on Ray Train
-   (``platform.dense_cache``), then evaluated.
-3. A Ray Tune grid of methods × keep settings × seeds: each trial fine-tunes from the same dense
-   checkpoint and evaluates (``platform.trial``); one MLflow child run per trial under one parent.
-4. Every model is timed afterwards, one at a time, under the same conditions (batch 1, fixed threads).
+   (``platform.dense_cache``).
+3. A Ray Tune grid of the dense reference (evaluated as it is) and methods × keep settings × seeds:
+   each trial fine-tunes from the same dense checkpoint and evaluates (``platform.trial``); one MLflow
+   child run per trial under one parent.
+4. Every model is timed afterwards, one at a time, in one Ray task with a trial's GPUs (batch 1,
+   ``eval.threads``), so all are timed under the same conditions on the cluster, not on the driver.
 5. The report (leaderboard with AP at the goal PKRs, confidence intervals, significance, convergence)
    is built from MLflow and logged on the parent run.
 
@@ -21,15 +23,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
+from ray.tune import Checkpoint
 
-from prunebench.config import ExperimentConfig
+from prunebench.config import ExperimentConfig, load_config
 from prunebench.errors import ConfigError
 from prunebench.evaluation.vis_eval import measure_fps
 from prunebench.models.presets import params_for_pkr
 from prunebench.models.registry import build_method, backbone_spec
 from prunebench.platform.ray_train import connect
-from prunebench.platform.runs import cached_dense, evaluate_logged, run_params
+from prunebench.platform.resources import check_cluster_gpus, gpus_per_trial, worker_config
+from prunebench.platform.runs import cached_dense, run_params
 from prunebench.platform.sweep import Sweep, check_resumable, run_sweep
 from prunebench.platform.tracking import Tracker, resolve_tracking_uri
 from prunebench.platform.trial import WEIGHTS, GridTrials, TrialSpec
@@ -37,6 +42,7 @@ from prunebench.platform.trial_tracking import MLflowTrials, log_final
 from prunebench.reports.report import write_report
 from prunebench.training.checkpoint import read_checkpoint
 from prunebench.training.protocol import load_datasets, load_model
+from prunebench.typed import to_dict
 
 log = logging.getLogger(__name__)
 
@@ -76,25 +82,37 @@ def check_benchmark(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
         if bench.settings and not min(bench.settings) < goal < max(bench.settings):
             raise ConfigError(f"benchmark.settings={list(bench.settings)} do not bracket the goal PKR {goal}; "
                               "allowed: settings on both sides of every goal")
+    gpus_per_trial(config, bench.gpus_per_trial)
     return benchmark_specs(config)
 
 
-def time_models(config: ExperimentConfig, tracker: Tracker, rows: list[tuple[str, Any]]) -> None:
-    """Time every ``(run id, checkpoint)`` one after another (batch 1, eval.threads); log FPS on each run.
+def dense_reference(config: ExperimentConfig) -> TrialSpec:
+    """The dense model as a trial of the grid: evaluated as it is, on the cluster like every other model."""
+    return TrialSpec("dense", "dense", {}, config.seed, {"setting": "dense"}, finetune=False)
 
-    A run that already has its FPS (a resumed benchmark) is not timed again.
-    """
+
+def _time_checkpoints(experiment: dict[str, Any], checkpoints: list[tuple[str, Checkpoint]]) -> dict[str, dict[str, float]]:
+    """A Ray task: time every checkpoint one after another on the same worker (batch 1, eval.threads)."""
+    config = worker_config(load_config(experiment))
+    torch.set_num_threads(config.eval.threads)
     _, valid = load_datasets(config)
-    device = torch.device(config.device)
-    for run, checkpoint in rows:
-        if "fps_model" in tracker.client.get_run(run).data.metrics:
-            continue
-        if isinstance(checkpoint, (str, Path)):
-            model = load_model(config, checkpoint, len(valid.categories))
-        else:
-            with checkpoint.as_directory() as folder:
-                model = load_model(config, read_checkpoint(Path(folder) / WEIGHTS), len(valid.categories))
-        tracker.log_metrics(run, measure_fps(model, valid, config.eval, config.data.max_size, device))
+    timings = {}
+    for run, checkpoint in checkpoints:
+        with checkpoint.as_directory() as folder:
+            model = load_model(config, read_checkpoint(Path(folder) / WEIGHTS), len(valid.categories))
+        timings[run] = measure_fps(model, valid, config.eval, config.data.max_size, torch.device(config.device))
+    return timings
+
+
+def time_models(config: ExperimentConfig, tracker: Tracker, rows: list[tuple[str, Checkpoint]], gpus: float) -> None:
+    """Time every ``(run id, checkpoint)`` in one Ray task (``eval.threads`` CPUs and a trial's GPUs, so all are
+    timed under the same conditions); log FPS on each run. Runs that already have it (resume) are skipped."""
+    todo = [(run, ckpt) for run, ckpt in rows if "fps_model" not in tracker.client.get_run(run).data.metrics]
+    if not todo:
+        return
+    task = ray.remote(num_cpus=config.eval.threads, num_gpus=gpus)(_time_checkpoints)
+    for run, fps in ray.get(task.remote(to_dict(config), todo)).items():
+        tracker.log_metrics(run, fps)
 
 
 def run_benchmark(config: ExperimentConfig, resume: bool = False, tracking_uri: str | None = None,
@@ -109,24 +127,26 @@ def run_benchmark(config: ExperimentConfig, resume: bool = False, tracking_uri: 
         check_resumable(storage, config.name)
     train_set, valid_set = load_datasets(config)  # reads and checks the data (generates synthetic data once)
     log.info("[1/4] data: %d train / %d valid videos; %d trials", len(train_set.videos), len(valid_set.videos), len(specs))
+    gpus = gpus_per_trial(config, config.benchmark.gpus_per_trial)
+    connect(address)
+    check_cluster_gpus(gpus)  # before any MLflow run is opened
     uri = resolve_tracking_uri(tracking_uri, config.out)
     tracker = Tracker(uri)
     experiment = tracker.experiment(config.name)
     parent = tracker.run(experiment, f"benchmark:{config.name}:{out.resolve()}", name=config.name,
                          tags={"prunebench.kind": "benchmark"})
     tracker.log_params(parent, {**run_params(config, valid_set.sha256), "trials": str(len(specs))})
-    connect(address)
     dense = cached_dense(config, tracker, parent, uri, address)
-    dense_eval = evaluate_logged(config, str(dense.checkpoint), str(out / "eval" / "dense"), timing=False,
-                                 tracking_uri=uri, parent=parent)
-    log.info("[2/4] dense model: AP %.1f (%.0f s so far)", dense_eval["AP"] or 0.0, time.perf_counter() - begin)
+    specs = (dense_reference(config), *specs)
     grid = GridTrials(specs)
-    sweep = Sweep(config.name, grid, grid.param_space(), cpus_per_trial=config.benchmark.cpus_per_trial)
+    sweep = Sweep(config.name, grid, grid.param_space(), cpus_per_trial=config.benchmark.cpus_per_trial,
+                  gpus_per_trial=gpus)
     base = {**run_params(config, valid_set.sha256), "dense_checkpoint": str(dense.checkpoint)}
     callback = MLflowTrials(uri, experiment, parent, config.name, grid, base,
                             {"backbone": config.model.backbone, "dataset": valid_set.sha256})
+    log.info("[2/4] dense model ready (%.0f s so far); %d trials", time.perf_counter() - begin, len(specs))
     results = run_sweep(sweep, config, str(dense.checkpoint), storage, [callback], resume=resume)
-    timed = [(dense_eval["mlflow_run_id"], str(dense.checkpoint))]
+    timed = []
     for result in results:  # what a killed driver did not log yet (log_final is idempotent)
         trial_id = result.metrics.get("trial_id") if result.metrics else None
         if trial_id is None:
@@ -135,8 +155,8 @@ def run_benchmark(config: ExperimentConfig, resume: bool = False, tracking_uri: 
         log_final(tracker, run, result.metrics, result.checkpoint)
         if result.metrics.get("evaluated") and result.checkpoint is not None:
             timed.append((run, result.checkpoint))
-    log.info("[3/4] %d trials evaluated; timing every model one after another", len(timed) - 1)
-    time_models(config, tracker, timed)
+    log.info("[3/4] %d models evaluated; timing every one after another", len(timed))
+    time_models(config, tracker, timed, gpus)
     report = write_report(uri, out / "report", experiment=config.name, goals=config.benchmark.goals)
     for path in report["files"]:
         tracker.log_artifact(parent, path, "report")
@@ -147,4 +167,4 @@ def run_benchmark(config: ExperimentConfig, resume: bool = False, tracking_uri: 
     return {"leaderboard": report["leaderboard"], "report": str(out / "report" / "report.html"),
             "report_files": report["files"], "table": report["markdown"], "mlflow_tracking_uri": uri,
             "mlflow_experiment_id": experiment, "dense_reused": dense.reused, "wall_seconds": seconds,
-            "trials": len(specs)}
+            "trials": len(specs) - 1}

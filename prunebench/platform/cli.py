@@ -158,6 +158,11 @@ def _run_metrics(args: argparse.Namespace) -> dict[str, Any]:
     return score_results(gt, results)
 
 
+def _add_gpus_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs each trial asks Ray for (fractions share a GPU; default: 1 with device=cuda, 0 with cpu)")
+
+
 def _add_platform_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--tracking-uri", default=None,
@@ -176,7 +181,7 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--out", default=None, help="checkpoint path (default: <out>/<dense|method>.safetensors)")
         p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
         p.add_argument("--cpus-per-worker", type=int, default=None, help="CPUs (and torch threads) per worker (default: eval.threads)")
-        p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+        p.add_argument("--gpu", action="store_true", help="one GPU per worker (implied by device=cuda; refused with device=cpu)")
         p.add_argument("--storage-path", default=None, help="Ray Train storage: a folder or URI (default: <out>/ray_results)")
         p.add_argument("--max-failures", type=int, default=3, help="worker-group restarts allowed")
         p.set_defaults(handler=_run_train, stage=stage)
@@ -190,7 +195,9 @@ def _run_train(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config, parse_assignments(args.overrides))
     if args.workers < 1 or (args.cpus_per_worker is not None and args.cpus_per_worker < 1):
         raise ConfigError(f"--workers {args.workers} / --cpus-per-worker {args.cpus_per_worker}: allowed: integers >= 1")
-    scaling = Scaling(args.workers, args.gpu, args.cpus_per_worker or config.eval.threads)
+    if args.gpu and config.device != "cuda":
+        raise ConfigError("--gpu with device=cpu: the GPU would sit idle; allowed: --set device=cuda, or no --gpu")
+    scaling = Scaling(args.workers, config.device == "cuda", args.cpus_per_worker or config.eval.threads)
     return train_stage_logged(config, args.stage, args.out, getattr(args, "init", None), scaling, args.storage_path,
                               args.address, args.tracking_uri, args.max_failures)
 
@@ -268,6 +275,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="study name = MLflow experiment (default: tune-<method>)")
     p.add_argument("--resume", action="store_true", help="continue the study NAME whose driver died")
     p.add_argument("--cpus-per-trial", type=int, default=1)
+    _add_gpus_arg(p)
     p.add_argument("--reports", type=int, default=4, help="training-loss reports per trial (ASHA rungs)")
     _add_platform_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -293,7 +301,8 @@ def _run_tune(args: argparse.Namespace) -> dict[str, Any]:
         dense = str(cached_dense(config, Tracker(uri), None, uri, args.address).checkpoint)
     return run_study(args.space, config, dense, uri,
                      num_samples=args.num_samples, objective=args.objective, name=args.name, resume=args.resume,
-                     address=args.address, cpus_per_trial=args.cpus_per_trial, reports=args.reports, seed=config.seed)
+                     address=args.address, cpus_per_trial=args.cpus_per_trial, reports=args.reports, seed=config.seed,
+                     gpus=args.gpus_per_trial)
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
@@ -343,6 +352,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     _add_config_args(p)
     p.add_argument("--out", default=None, help="output folder (default: the config's out)")
     p.add_argument("--resume", action="store_true", help="continue the benchmark whose driver died")
+    _add_gpus_arg(p)
     p.add_argument("--storage-path", default=None, help="Ray storage for trials and checkpoints: a folder or URI "
                                                         "(default: <out>/ray_results)")
     _add_platform_args(p)
@@ -354,6 +364,8 @@ def _run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.platform.benchmark import run_benchmark
 
     overrides = parse_assignments(args.overrides)
+    if args.gpus_per_trial is not None:
+        overrides["benchmark.gpus_per_trial"] = args.gpus_per_trial
     if args.out is not None:
         overrides["out"] = args.out
         if "data.root" not in overrides and load_config(args.config).data.synth is not None:
@@ -372,6 +384,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="prunebench-out/demo", help="output folder (data, checkpoints, evaluations)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a value of the embedded demo preset, e.g. --set train.steps=100")
+    _add_gpus_arg(p)
     _add_platform_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_run_demo)
@@ -380,7 +393,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.platform.runs import run_demo
 
-    result = run_demo(args.out, parse_assignments(args.overrides), args.tracking_uri, args.address)
+    overrides = parse_assignments(args.overrides)
+    if args.gpus_per_trial is not None:
+        overrides["benchmark.gpus_per_trial"] = args.gpus_per_trial
+    result = run_demo(args.out, overrides, args.tracking_uri, args.address)
     print(result.pop("table"), file=sys.stderr if args.json else sys.__stdout__, flush=True)
     return result
 

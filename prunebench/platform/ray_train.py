@@ -27,10 +27,11 @@ from typing import Any
 import ray
 import ray.train
 import torch
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from prunebench.atomic import atomic_path
 from prunebench.config import ExperimentConfig, load_config
+from prunebench.platform.resources import process_group_backend, worker_config
 from prunebench.training.checkpoint import read_checkpoint, save_checkpoint
 from prunebench.training.loop import LogEvery, StepMetrics, mean_metrics, train_steps
 from prunebench.training.protocol import log_progress, prepare_stage
@@ -79,7 +80,7 @@ def worker_logging() -> None:
 
 def _worker(loop_config: dict[str, Any]) -> None:
     worker_logging()
-    config = load_config(loop_config["config"])
+    config = worker_config(load_config(loop_config["config"]))
     stage, threads = loop_config["stage"], loop_config["threads"]
     torch.set_num_threads(threads)
     context = ray.train.get_context()
@@ -149,6 +150,7 @@ def train_on_ray(
     run_name = name or f"{config.name}-{stage}-{config.method.name if stage == 'finetune' else 'dense'}"
     trainer = TorchTrainer(
         _worker,
+        torch_config=TorchConfig(backend=process_group_backend(scaling.use_gpu)),
         train_loop_config={"config": to_dict(config), "stage": stage, "threads": scaling.cpus_per_worker,
                            "init": None if init_checkpoint is None else str(Path(init_checkpoint).resolve())},
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.use_gpu,

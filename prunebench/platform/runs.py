@@ -18,6 +18,7 @@ from prunebench.config import ExperimentConfig, load_config
 from prunebench.models.presets import PKR_TARGETS, params_for_target, pruning_methods
 from prunebench.platform.dense_cache import DenseModel, dense_model
 from prunebench.platform.ray_train import Scaling, connect, train_on_ray
+from prunebench.platform.resources import check_cluster_gpus
 from prunebench.platform.tracking import Tracker, flatten, hardware, resolve_tracking_uri
 from prunebench.platform.trial import TrialSpec
 from prunebench.training.checkpoint import code_version, read_meta
@@ -45,13 +46,14 @@ def train_stage_logged(config: ExperimentConfig, stage: str, out: str | None, in
     train_set, _ = load_datasets(config)
     method = "dense" if stage == "train" else config.method.name
     target = Path(out or Path(config.out) / f"{method}.safetensors").resolve()
+    connect(address)
+    check_cluster_gpus(scaling.workers if scaling.use_gpu else 0)  # before a run is opened
     tracker = Tracker(resolve_tracking_uri(tracking_uri, config.out))
     experiment = tracker.experiment(config.name)
     run = tracker.run(experiment, f"{stage}:{target}", name=f"{stage}-{method}", parent=parent,
                       tags=_tags(config, stage, method, None, train_set.sha256))
     tracker.log_params(run, {**run_params(config, train_set.sha256), "stage": stage, "method": method,
                              "init_checkpoint": str(init)})
-    connect(address)
     tic = time.perf_counter()
     try:
         result = train_on_ray(config, stage, target, init, scaling, storage_path, max_failures=max_failures)

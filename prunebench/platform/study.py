@@ -28,6 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 from prunebench.config import ExperimentConfig
 from prunebench.errors import ConfigError
 from prunebench.platform.ray_train import connect
+from prunebench.platform.resources import check_cluster_gpus, gpus_per_trial
 from prunebench.platform.sweep import Sweep, check_resumable, run_sweep
 from prunebench.platform.tracking import Tracker, flatten, hardware
 from prunebench.platform.trial import TrialSpec
@@ -67,6 +68,7 @@ def run_study(
     cpus_per_trial: int = 1,
     reports: int = 4,
     seed: int = 0,
+    gpus: float | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a study; return its Pareto set (AP up, objective down) and names."""
     if objective not in OBJECTIVES:
@@ -75,6 +77,7 @@ def run_study(
         raise ConfigError(f"--num-samples {num_samples} / --cpus-per-trial {cpus_per_trial} / --reports {reports}: "
                           "allowed: integers >= 1")
     space = load_space(space_source)
+    gpus = gpus_per_trial(config, gpus)
     if not Path(dense_checkpoint).is_file():
         raise ConfigError(f"--from {dense_checkpoint}: dense checkpoint not found")
     name = name or f"tune-{space.method}"
@@ -87,6 +90,7 @@ def run_study(
     steps = config.finetune.steps
     config = replace(config, finetune=replace(config.finetune, log_every=max(1, steps // reports)))
     connect(address)
+    check_cluster_gpus(gpus)
     tracker = Tracker(tracking_uri)
     experiment_id = tracker.experiment(name)
     parent = tracker.run(experiment_id, f"study:{name}", name=name, tags={"prunebench.kind": "study", "method": space.method})
@@ -105,7 +109,8 @@ def run_study(
     windows = -(-steps // config.finetune.log_every)
     scheduler = ASHAScheduler(metric="task_loss", mode="min", time_attr="training_iteration",
                               max_t=windows, grace_period=max(1, windows // 2), reduction_factor=2)
-    sweep = Sweep(name, describe, space.tune_space(), cpus_per_trial=cpus_per_trial, num_samples=num_samples,
+    sweep = Sweep(name, describe, space.tune_space(), cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus,
+                  num_samples=num_samples,
                   search_alg=searcher, scheduler=scheduler)
     grid = run_sweep(sweep, config, str(Path(dense_checkpoint).resolve()), storage, [callback], resume=resume)
     rows = []

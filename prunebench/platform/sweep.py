@@ -2,9 +2,9 @@
 
 Every trial is the same function (``platform.trial.run_trial``); a sweep only says which trials
 exist (a grid of ``TrialSpec`` labels, or a search space sampled by Optuna), how many CPUs each
-takes, and where Ray stores the trials and their checkpoints (a folder or a cloud URI).
-``max_concurrent_trials`` = cluster CPUs // CPUs per trial, so the machine is filled, never
-oversubscribed. ``resume`` restores a sweep whose driver died (``Tuner.restore``): finished trials
+and GPUs each takes, and where Ray stores the trials and their checkpoints (a folder or a cloud
+URI). ``max_concurrent_trials`` = cluster CPUs // CPUs per trial (and GPUs // GPUs per trial), so
+the cluster is filled, never oversubscribed. ``resume`` restores a sweep whose driver died (``Tuner.restore``): finished trials
 stay finished, interrupted ones resume under their own id, and the MLflow callback finds their
 runs again.
 """
@@ -32,6 +32,7 @@ class Sweep:
     describe: Describe
     param_space: dict[str, Any]
     cpus_per_trial: int = 1
+    gpus_per_trial: float = 0.0
     num_samples: int = 1
     search_alg: Any = None
     scheduler: Any = None
@@ -54,14 +55,17 @@ def run_sweep(sweep: Sweep, config: ExperimentConfig, dense: str, storage: str, 
     # intermediate reports carry the training windows; AP / PKR / GMACs exist only once a trial has
     # been evaluated, so Tune must not demand the searcher's metrics in every report
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    trainable = tune.with_resources(
-        trial_trainable(to_dict(config), sweep.describe, dense, sweep.cpus_per_trial), {"cpu": sweep.cpus_per_trial},
-    )
+    resources = {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial}
+    trainable = tune.with_resources(trial_trainable(to_dict(config), sweep.describe, dense, sweep.cpus_per_trial),
+                                    resources)
     path = experiment_path(storage, sweep.name)
     if resume:
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        concurrency = max(1, int(ray.cluster_resources().get("CPU", 1)) // sweep.cpus_per_trial)
+        cluster = ray.cluster_resources()
+        concurrency = max(1, int(cluster.get("CPU", 1)) // sweep.cpus_per_trial)
+        if sweep.gpus_per_trial > 0:
+            concurrency = min(concurrency, max(1, int(cluster.get("GPU", 0) / sweep.gpus_per_trial)))
         tuner = tune.Tuner(
             trainable,
             param_space=sweep.param_space,

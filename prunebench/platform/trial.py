@@ -31,6 +31,7 @@ from prunebench.config import ExperimentConfig, MethodConfig, load_config
 from prunebench.evaluation.plots import keep_mask_figure
 from prunebench.evaluation.vis_eval import evaluate
 from prunebench.platform.ray_train import worker_logging
+from prunebench.platform.resources import worker_config
 from prunebench.training.checkpoint import save_checkpoint
 from prunebench.training.convergence import Window
 from prunebench.training.loop import StepMetrics, mean_metrics, train_steps
@@ -51,6 +52,7 @@ class TrialSpec:
         method, params: the pruning method and its parameters.
         seed: the fine-tuning and evaluation seed.
         tags: extra MLflow tags (``target`` of a demo row, ``setting`` of a benchmark point, ...).
+        finetune: False for the dense reference, which is evaluated as it is.
     """
 
     label: str
@@ -58,6 +60,7 @@ class TrialSpec:
     params: dict[str, Any]
     seed: int
     tags: dict[str, str] = field(default_factory=dict)
+    finetune: bool = True
 
 
 #: how a sweep turns a Tune trial config into its TrialSpec (a grid label, or sampled parameters)
@@ -85,17 +88,20 @@ def window_metrics(mean: StepMetrics) -> dict[str, float]:
 
 
 def run_trial(config: ExperimentConfig, spec: TrialSpec, dense: str, threads: int) -> None:
-    """Inside a Tune trial: fine-tune ``spec`` from ``dense``, report each window, evaluate, report once more.
+    """Inside a Tune trial: fine-tune ``spec`` from ``dense`` (unless it is the dense reference), report each
+    window, evaluate, report once more.
 
     No FPS here: trials share the machine, so their timings would not be comparable; the driver
     times every model afterwards, one at a time.
     """
     worker_logging()
     torch.set_num_threads(threads)
+    config = worker_config(config)
     # evaluate on the trial's own CPUs: more threads would oversubscribe cores shared with other trials
     config = replace(config, seed=spec.seed, method=MethodConfig(spec.method, spec.params),
                      eval=replace(config.eval, threads=threads, seed=spec.seed))
-    node = ray.get_runtime_context().get_node_id()
+    context = ray.get_runtime_context()
+    node, granted = context.get_node_id(), json.dumps(context.get_assigned_resources(), sort_keys=True)
     prepared = prepare_stage(config, "finetune", dense)
     method = prepared.model.backbone.method
     targets = {f"b{p}": t for p, t in method.stage_targets().items() if p in method.learned_stages()}
@@ -116,19 +122,24 @@ def run_trial(config: ExperimentConfig, spec: TrialSpec, dense: str, threads: in
         if metrics.step < steps:  # the last window travels with the final report
             tune.report({**last, "step": metrics.step, "node_id": node})
 
-    train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, torch.device(config.device), on_step=on_step)
+    convergence = None
+    if spec.finetune:
+        train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, torch.device(config.device),
+                    on_step=on_step)
+        verdict = config.convergence.assess(history, targets, steps)
+        convergence = {"converged": verdict.converged, "reasons": list(verdict.reasons),
+                       "final_keep": verdict.final_keep, "targets": targets, "loss_change": verdict.loss_change}
+    else:
+        steps = 0
     evaluation = evaluate(prepared.model, prepared.valid, config.eval, config.data.max_size, config.device, timing=False)
-    verdict = config.convergence.assess(history, targets, steps)
     metrics = {**evaluation.metrics, "method": spec.method, "params": to_dict(method.params),
                "dataset_sha256": prepared.valid.sha256}
-    convergence = {"converged": verdict.converged, "reasons": list(verdict.reasons), "final_keep": verdict.final_keep,
-                   "targets": targets, "loss_change": verdict.loss_change}
     with tempfile.TemporaryDirectory() as folder:
         save_checkpoint(Path(folder) / WEIGHTS, prepared.model, {**prepared.meta, "seed": spec.seed})
         write_json(Path(folder) / RESULTS, evaluation.results)
         blocks = sorted({0, *method.positions, prepared.model.backbone.depth - 1})
         keep_mask_figure(evaluation.examples, blocks, Path(folder) / KEEP_MASKS, title=f"{spec.label} {spec.params}")
-        tune.report({**last, "step": steps, "node_id": node, "evaluated": True, "AP": metrics["AP"] or 0.0,
+        tune.report({**last, "step": steps, "node_id": node, "resources": granted, "evaluated": True, "AP": metrics["AP"] or 0.0,
                      "pkr": metrics["pkr"], "gmacs": metrics["gmacs"], "metrics": json.dumps(metrics),
                      "convergence": json.dumps(convergence)},
                     checkpoint=tune.Checkpoint.from_directory(folder))
@@ -143,8 +154,9 @@ def trial_trainable(experiment: dict[str, Any], describe: Describe, dense: str, 
     return trainable
 
 
-def final_report(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """``(metrics, convergence)`` of a trial's final report; None if it stopped before evaluating."""
+def final_report(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    """``(metrics, convergence)`` of a trial's final report (convergence None for the dense reference);
+    None if the trial stopped before evaluating."""
     if not result.get("evaluated"):
         return None
     return json.loads(result["metrics"]), json.loads(result["convergence"])

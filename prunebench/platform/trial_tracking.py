@@ -48,22 +48,25 @@ def log_final(tracker: Tracker, run: str, result: dict[str, Any], checkpoint: tu
         metrics, convergence = report
         tracker.log_metrics(run, _window(result), step=int(result.get("step", 0)))
         numbers = numeric_metrics({k: v for k, v in metrics.items() if k not in ("params", "frames", "seed")})
-        numbers["converged"] = float(convergence["converged"])
-        numbers.update({f"final_keep_{k}": v for k, v in convergence["final_keep"].items()})
-        numbers.update({f"target_keep_{k}": v for k, v in convergence["targets"].items()})
-        if convergence["loss_change"] is not None:
-            numbers["loss_change"] = convergence["loss_change"]
+        if convergence is not None:
+            numbers["converged"] = float(convergence["converged"])
+            numbers.update({f"final_keep_{k}": v for k, v in convergence["final_keep"].items()})
+            numbers.update({f"target_keep_{k}": v for k, v in convergence["targets"].items()})
+            if convergence["loss_change"] is not None:
+                numbers["loss_change"] = convergence["loss_change"]
         tracker.log_metrics(run, numbers)
         tracker.log_dict(run, metrics, "metrics.json")
-        tracker.log_dict(run, convergence, "convergence.json")
+        if convergence is not None:
+            tracker.log_dict(run, convergence, "convergence.json")
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 tracker.log_artifact(run, Path(folder) / WEIGHTS, "checkpoint")
                 for name in (RESULTS, KEEP_MASKS):
                     tracker.log_artifact(run, Path(folder) / name)
-        tracker.set_tags(run, {"stopped_early": "false", "converged": str(convergence["converged"]).lower(),
-                               "checkpoint_uri": "" if checkpoint is None else checkpoint.path})
-    tracker.set_tags(run, {LOGGED_TAG: "true", "node_id": str(result.get("node_id", ""))})
+        tracker.set_tags(run, {"stopped_early": "false", "checkpoint_uri": "" if checkpoint is None else checkpoint.path,
+                               "converged": "" if convergence is None else str(convergence["converged"]).lower()})
+    tracker.set_tags(run, {LOGGED_TAG: "true", "node_id": str(result.get("node_id", "")),
+                           "resources": str(result.get("resources", ""))})
     tracker.end(run, ok=True)
 
 
