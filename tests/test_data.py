@@ -118,9 +118,20 @@ def test_undecodable_rle(synth, tmp_path, capsys):
     _train_fails(capsys, tmp_path, root, "annotation 2", "undecodable")
 
 
-def test_unknown_category_id(synth, tmp_path, capsys):
+def test_annotation_of_unknown_category_is_dropped_with_one_warning(synth, tmp_path, caplog):
     root = _broken_copy(synth[0], tmp_path, lambda d, r: d["annotations"][0].update(category_id=99))
-    _train_fails(capsys, tmp_path, root, "annotation 1", "unknown category_id 99")
+    train = YTVISDataset(root, "train")
+    assert 1 not in [inst.id for video in train.videos for inst in video.instances]  # as ytvoseval: left out
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{root / 'annotations' / 'instances_train.json'}: 1 annotations of category_id 99, missing from the "
+        "category list; dropped, as ytvoseval does"]
+
+
+def test_video_length_disagreeing_with_its_file_names(synth, tmp_path):
+    root = _broken_copy(synth[0], tmp_path, lambda d, r: d["videos"][1].update(length=5))
+    with pytest.raises(ConfigError, match=r"instances_train.json: video 2: length 5 disagrees with its 8 "
+                                          r"file_names; allowed: length = the number of file_names$"):
+        YTVISDataset(root, "train")
 
 
 def test_polygon_and_uncompressed_rle_segmentations(synth, tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from prunebench.errors import ConfigError
+from prunebench.data.ytvis import check_rle_string, to_rle
 from prunebench.evaluation.vis_metrics import frame_ap, score_results, video_ap
 
 H = W = 20
@@ -135,9 +135,75 @@ def test_frame_ap():
     assert half["mAP_segm"] == pytest.approx(100 * 51 / 101)
 
 
-def test_results_that_do_not_fit_the_ground_truth():
+def test_track_shorter_than_its_video_is_scored_on_common_frames(caplog):
+    # ytvoseval zips the two tracks: the ground truth's frames 1, 2 are not in the union -> IoU 1
+    a = rle(2, 2)
+    gt = gt_of([(1, 1, [a, a, a])])
+    result = score_results(gt, [det(1, 1, 0.9, [a])])
+    assert result["AP"] == pytest.approx(100.0)
+    # frame AP: 1 of 3 frame objects found, precision 1 up to recall 1/3 (34 of 101 recall points)
+    assert result["mAP_segm"] == pytest.approx(100 * 34 / 101)
+    assert [r.getMessage() for r in caplog.records] == [
+        "results: 0 tracks longer and 1 shorter than their video; each is scored on the frames it shares "
+        "with its video, as ytvoseval does"]
+
+
+def test_track_longer_than_its_video_is_cut_but_sized_on_all_its_frames(caplog):
+    # 1-frame 300x300 video, a 5x5 object. d2 (0.95) misses it; d1 (0.9) matches it.
+    # d2 = [150x150, 10x10, 10x10]: frames 1, 2 lie beyond the video, but its area (as in ytvoseval)
+    # is (22500 + 100 + 100) / 3 = 7567 < 128^2: "small", so it counts as a false positive in APs:
+    # precision [0, 1/2], recall [0, 1] -> 50 (it would be ignored if sized on frame 0 alone: 100)
+    small, big, tiny = rle(2, 2, h=300, w=300), rle(100, 100, 150, h=300, w=300), rle(100, 100, 10, h=300, w=300)
+    gt = gt_of([(1, 1, [small])], h=300, w=300)
+    result = score_results(gt, [det(1, 1, 0.95, [big, tiny, tiny]), det(1, 1, 0.9, [small])])
+    assert result["APs"] == pytest.approx(50.0) and result["AP"] == pytest.approx(50.0)
+    assert result["mAP_segm"] == pytest.approx(50.0)  # frames 1, 2 of d2 left out; frame 0 ranked FP, TP
+    assert len(caplog.records) == 1 and "1 tracks longer and 0 shorter" in caplog.records[0].getMessage()
+
+
+def test_result_category_missing_from_the_ground_truth_is_dropped(caplog):
+    gt = gt_of([(1, 1, A)], categories=(1, 2))
+    with_unlisted = [det(1, 1, 0.9, A), det(1, 7, 0.95, A), det(1, 8, 0.95, B)]
+    assert score_results(gt, with_unlisted) == score_results(gt, [det(1, 1, 0.9, A)])
+    assert [r.getMessage() for r in caplog.records] == [
+        "results: 2 tracks of category_id 7, 8, missing from the ground truth's categories; dropped, as ytvoseval does"]
+
+
+def test_ground_truth_areas_field_decides_the_size_range():
+    # the masks are 5x5 ("small"), the file's own areas say 20000 ("medium": 128^2 .. 256^2);
+    # ytvoseval sizes ground truth by its areas field, the mean of the non-empty entries
     gt = gt_of([(1, 1, A)])
-    with pytest.raises(ConfigError, match="2 frames"):
-        score_results(gt, [det(1, 1, 0.9, [A[0]])])
-    with pytest.raises(ConfigError, match="unknown category_id 7"):
-        score_results(gt, [det(1, 7, 0.9, A)])
+    gt["annotations"][0]["areas"] = [0, 20000]
+    result = video_ap(gt, [det(1, 1, 0.9, A)])
+    assert result["APm"] == pytest.approx(100.0) and result["APs"] is None
+    del gt["annotations"][0]["areas"]  # no areas: sized by its masks
+    result = video_ap(gt, [det(1, 1, 0.9, A)])
+    assert result["APs"] == pytest.approx(100.0) and result["APm"] is None
+
+
+def uncompressed(compressed):
+    """The uncompressed RLE (list of run lengths) of a compressed one."""
+    flat = mask_utils.decode({"size": compressed["size"], "counts": compressed["counts"].encode()}).flatten(order="F")
+    changes = np.flatnonzero(np.diff(np.concatenate(([0], flat, [1 - flat[-1]]))))
+    return {"size": compressed["size"], "counts": np.diff(np.concatenate(([0], changes))).tolist()}
+
+
+def test_uncompressed_rle_and_polygon_results_score_like_compressed_rle():
+    square = [[2, 2, 7, 2, 7, 7, 2, 7]]  # pycocotools fills the 5x5 square at (2, 2): rle(2, 2)
+    assert uncompressed(A[0])["counts"][:3] == [42, 5, 15]  # 2 columns + 2 rows empty, 5 set, 15 empty
+    gt = gt_of([(1, 1, A)])
+    expected = score_results(gt, [det(1, 1, 0.9, A)])
+    assert score_results(gt, [det(1, 1, 0.9, [square, uncompressed(A[1])])]) == expected
+    assert expected["AP"] == pytest.approx(100.0)
+
+
+def test_rle_string_check_agrees_with_pycocotools():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        h, w = (int(n) for n in rng.integers(1, 40, 2))
+        mask = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        counts = mask_utils.encode(np.asfortranarray(mask))["counts"].decode()
+        check_rle_string(counts, h * w)
+        assert to_rle(uncompressed({"size": [h, w], "counts": counts}), h, w)["counts"] == counts
+        with pytest.raises(ValueError, match="undecodable RLE counts"):
+            check_rle_string(counts, h * w + 1)

@@ -6,13 +6,23 @@ COCOeval with videos in place of images; the only differences are:
 - IoU of a detection track d and a ground-truth track g: Σ_t |d_t ∩ g_t| / Σ_t |d_t ∪ g_t| over the
   frames where either is present (frames where both are empty add nothing); 0 if the union is 0.
   Crowd tracks get the same IoU (no COCO crowd formula); they only become "ignore".
-- the area of a track (for the 128² / 256² ranges, of ground truth and detections alike) is the
-  mean of its non-empty per-frame areas (0 if none).
+- the area of a track (for the 128² / 256² ranges) is the mean of its non-empty per-frame areas
+  (0 if none): a ground-truth annotation's own ``areas`` field, a detection's mask areas.
 
 So this module runs pycocotools' own COCOeval matching, accumulation and summary with one
 "image" per video and overrides only the IoU. Frame AP scores each frame as a COCO image with
 pycocotools. All AP-like numbers are percent (0–100); undefined ones (no ground truth in that
 area range / category set) are None.
+
+Where ytvoseval's rules reach but its code crashes or miscounts, this module follows the rules:
+results may hold uncompressed RLE and polygons (converted on the video's frame size, areas from
+the masks); a ground-truth annotation without ``areas`` is sized by its masks; ground-truth and
+result ids are renumbered from 1 (ytvoseval takes a match to annotation id 0 for "no match").
+Results are checked (``check_results``) before pycocotools sees them, in time linear in the
+file: one-line ``ConfigError`` for anything malformed; tracks of a category missing from the
+ground truth are dropped and tracks longer or shorter than their video are scored on the frames
+they share with it (ytvoseval's ``zip``; their S/M/L area is the mean over all their frames, as
+there), each with one warning.
 """
 
 from __future__ import annotations
@@ -20,33 +30,45 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-from collections.abc import Sequence
-from typing import Any
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from prunebench.data.ytvis import few, finite_number, is_integer, short_repr, to_rle
 from prunebench.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 #: YouTube-VIS area ranges (all, small, medium, large) on a track's mean non-empty area
 VIDEO_AREA_RANGES = ((0, 1e5**2), (0, 128**2), (128**2, 256**2), (256**2, 1e5**2))
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10")
+#: the keys every result track needs
+RESULT_KEYS = ("video_id", "category_id", "score", "segmentations")
 
 
 def _rle(segmentation: dict[str, Any]) -> dict[str, Any]:
-    counts = segmentation["counts"]
-    if isinstance(counts, list):
-        h, w = segmentation["size"]
-        return mask_utils.frPyObjects(segmentation, h, w)
-    return {"size": list(segmentation["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    """pycocotools' form (bytes counts) of a checked compressed RLE."""
+    return {"size": list(segmentation["size"]), "counts": segmentation["counts"].encode("ascii")}
 
 
-def _mean_area(rles: Sequence[dict[str, Any] | None]) -> float:
-    areas = [float(mask_utils.area(r)) for r in rles if r is not None]
-    areas = [a for a in areas if a]
-    return float(np.mean(areas)) if areas else 0.0
+def _mean_nonzero(areas: Iterable[float | None]) -> float:
+    """Mean of the non-empty per-frame areas, 0 if none (ytvoseval's ``avg_area``)."""
+    present = [float(a) for a in areas if a]
+    return float(np.mean(present)) if present else 0.0
+
+
+def _track_area(track: dict[str, Any], tube: Sequence[dict[str, Any] | None], is_gt: bool) -> float:
+    """A track's size for the S/M/L ranges: ground truth's own ``areas`` where it has them, else its masks."""
+    if is_gt and track.get("areas") is not None:
+        return _mean_nonzero(track["areas"])
+    return _mean_nonzero(float(mask_utils.area(r)) for r in tube if r is not None)
 
 
 def _tube_iou(d_seq: Sequence[dict[str, Any] | None], g_seq: Sequence[dict[str, Any] | None]) -> float:
@@ -102,29 +124,102 @@ def _index(dataset: dict[str, Any]) -> COCO:
     return coco
 
 
-def check_results(results: Any, gt: dict[str, Any], source: str = "results") -> None:
-    """One-line ConfigError for a results list that does not fit the ground truth."""
+def load_results(path: str | Path) -> Any:
+    """The parsed JSON of a results file; one-line ConfigError if it cannot be read as JSON."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: results file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; allowed: a JSON file") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: not readable ({error.strerror})") from None
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ConfigError(f"{path}: not readable JSON (nested too deeply)") from None
+    except ValueError as error:
+        raise ConfigError(f"{path}: not readable JSON ({error})") from None
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _check_track(item: Any, where: str, videos: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One result track with every segmentation as compressed RLE or None; ConfigError if malformed."""
+    allowed = f"allowed: an object with {', '.join(RESULT_KEYS)}"
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: a JSON {_json_type(item)}; {allowed}")
+    missing = [key for key in RESULT_KEYS if key not in item]
+    if missing:
+        raise ConfigError(f"{where}: no {' or '.join(missing)}; {allowed}")
+    video_id = item["video_id"]
+    if not (is_integer(video_id) and video_id in videos):
+        raise ConfigError(f"{where}: video_id {short_repr(video_id)} is not a video of the ground truth; "
+                          f"allowed: one of its {len(videos)} video ids ({few(set(videos))})")
+    where = f"{where} (video {video_id})"
+    if not is_integer(item["category_id"]):
+        raise ConfigError(f"{where}: category_id {short_repr(item['category_id'])}; allowed: an integer")
+    score = finite_number(item["score"])
+    if score is None:
+        raise ConfigError(f"{where}: score {short_repr(item['score'])} is not a finite number; allowed: a number")
+    segmentations = item["segmentations"]
+    if not isinstance(segmentations, list):
+        raise ConfigError(f"{where}: segmentations {short_repr(segmentations)}; allowed: a list with one "
+                          "segmentation per frame")
+    video = videos[video_id]
+    rles = []
+    for t, segmentation in enumerate(segmentations):
+        try:
+            rles.append(to_rle(segmentation, video["height"], video["width"]))
+        except ValueError as error:
+            raise ConfigError(f"{where} frame {t}: {error}") from None
+    return {"video_id": int(video_id), "category_id": int(item["category_id"]), "score": score, "segmentations": rles}
+
+
+def _length_warning(tracks: list[dict[str, Any]], lengths: dict[int, int], source: str) -> list[str]:
+    """One warning if some tracks have more or fewer frames than their video."""
+    longer = sum(len(t["segmentations"]) > lengths[t["video_id"]] for t in tracks)
+    shorter = sum(len(t["segmentations"]) < lengths[t["video_id"]] for t in tracks)
+    if not longer + shorter:
+        return []
+    return [f"{source}: {longer} tracks longer and {shorter} shorter than their video; each is scored on the "
+            "frames it shares with its video, as ytvoseval does"]
+
+
+class CheckedResults(NamedTuple):
+    """Results that passed ``check_results``.
+
+    ``tracks``: those of a listed category, every segmentation a compressed RLE (str counts) or
+    None; ``warnings``: one line each on what was dropped or scored on fewer frames."""
+
+    tracks: list[dict[str, Any]]
+    warnings: list[str]
+
+
+def check_results(results: Any, gt: dict[str, Any], source: str = "results") -> CheckedResults:
+    """Check a results list against the ground truth; one-line ConfigError naming ``source`` and
+    the item for anything malformed (linear time: no segmentation reaches pycocotools unchecked)."""
     if not isinstance(results, list):
-        raise ConfigError(f"{source}: expected a JSON list of detections")
-    lengths = {v["id"]: v.get("length") for v in gt["videos"]}
-    categories = {c["id"] for c in gt["categories"]}
-    for k, det in enumerate(results):
-        if not isinstance(det, dict) or not {"video_id", "category_id", "score", "segmentations"} <= set(det):
-            raise ConfigError(f"{source}: item {k} needs video_id, category_id, score and segmentations")
-        if det["video_id"] not in lengths:
-            raise ConfigError(f"{source}: item {k}: unknown video_id {det['video_id']!r}")
-        if det["category_id"] not in categories:
-            raise ConfigError(f"{source}: item {k}: unknown category_id {det['category_id']!r}; allowed: {sorted(categories)}")
-        length = lengths[det["video_id"]]
-        if length is not None and len(det["segmentations"]) != length:
-            raise ConfigError(
-                f"{source}: item {k}: {len(det['segmentations'])} segmentations for video "
-                f"{det['video_id']} of {length} frames"
-            )
+        raise ConfigError(f"{source}: the top level is a JSON {_json_type(results)}; allowed: a list of result tracks")
+    videos = {v["id"]: v for v in gt["videos"]}
+    tracks = [_check_track(item, f"{source}: item {k}", videos) for k, item in enumerate(results)]
+    listed = {c["id"] for c in gt["categories"]}
+    kept = [t for t in tracks if t["category_id"] in listed]
+    unlisted = {t["category_id"] for t in tracks} - listed
+    warnings = [f"{source}: {len(tracks) - len(kept)} tracks of category_id {few(unlisted)}, missing from the "
+                "ground truth's categories; dropped, as ytvoseval does"] if unlisted else []
+    warnings += _length_warning(kept, {v: m["length"] for v, m in videos.items()}, source)
+    return CheckedResults(kept, warnings)
 
 
 def _video_evaluation(gt: dict[str, Any], results: list[dict[str, Any]]) -> _VideoEval:
-    """The video evaluator with every video's detections matched (``evaluate`` done once)."""
+    """The video evaluator with every video's detections matched (``evaluate`` done once).
+
+    Annotations are renumbered from 1 (COCOeval reads a match to id 0 as "no match")."""
     tubes: dict[int, list[dict[str, Any] | None]] = {}
     images = [{"id": v["id"]} for v in gt["videos"]]
 
@@ -134,7 +229,7 @@ def _video_evaluation(gt: dict[str, Any], results: list[dict[str, Any]]) -> _Vid
             ann_id = offset + k + 1
             tubes[ann_id] = [None if s is None else _rle(s) for s in track["segmentations"]]
             ann = {"id": ann_id, "image_id": track["video_id"], "category_id": track["category_id"],
-                   "area": _mean_area(tubes[ann_id]), "bbox": [0.0, 0.0, 0.0, 0.0]}
+                   "area": _track_area(track, tubes[ann_id], is_gt), "bbox": [0.0, 0.0, 0.0, 0.0]}
             ann.update({"iscrowd": int(track.get("iscrowd", 0))} if is_gt else {"score": float(track["score"])})
             out.append(ann)
         return out
@@ -163,20 +258,26 @@ def _accumulated(evaluator: COCOeval, image_ids: list[int] | None = None) -> dic
 
 
 def video_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float | None]:
-    """YouTube-VIS AP, AP50, AP75, APs/m/l, AR1, AR10 (percent; None where undefined)."""
+    """YouTube-VIS AP, AP50, AP75, APs/m/l, AR1, AR10 (percent; None where undefined).
+
+    ``results``: checked tracks (``check_results``) or the tracker's own, every segmentation a
+    compressed RLE with str counts or None."""
     return _accumulated(_video_evaluation(gt, results))
 
 
 def per_video_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float | None]:
     """Video AP of each video on its own (percent, keyed by the video id as a string; None where the
-    video has no ground truth). The statistical unit of the leaderboard's paired test."""
+    video has no ground truth). The statistical unit of the leaderboard's paired test. ``results``
+    as for ``video_ap``."""
     evaluator = _video_evaluation(gt, results)
     return {str(v["id"]): _accumulated(evaluator, [v["id"]])["AP"] for v in gt["videos"]}
 
 
 def frame_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Frame-level COCO AP (pycocotools): ``mAP_bbox`` and ``mAP_segm``, each frame an image."""
+    """Frame-level COCO AP (pycocotools): ``mAP_bbox`` and ``mAP_segm``, each frame an image of its
+    video (a track's frames beyond its video's length are left out). ``results`` as for ``video_ap``."""
     images, image_of = [], {}
+    lengths = {video["id"]: video["length"] for video in gt["videos"]}
     for video in gt["videos"]:
         for t in range(video["length"]):
             image_of[video["id"], t] = len(images) + 1
@@ -185,7 +286,7 @@ def frame_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, flo
     def per_frame(tracks: list[dict[str, Any]], is_gt: bool) -> list[dict[str, Any]]:
         out = []
         for track in tracks:
-            for t, seg in enumerate(track["segmentations"]):
+            for t, seg in enumerate(track["segmentations"][:lengths[track["video_id"]]]):
                 if seg is None:
                     continue
                 rle = _rle(seg)
@@ -209,7 +310,14 @@ def frame_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, flo
     return out
 
 
-def score_results(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Everything ``prunebench metrics`` reports: video AP family plus frame mAP_bbox / mAP_segm."""
-    check_results(results, gt)
-    return {**video_ap(gt, results), **frame_ap(gt, results)}
+def score_results(gt: dict[str, Any], results: Any, source: str = "results",
+                  notes: Sequence[str] = ()) -> dict[str, float | None]:
+    """Everything ``prunebench metrics`` reports: video AP family plus frame mAP_bbox / mAP_segm.
+
+    ``results`` are checked first (``check_results``, errors name ``source``); then ``notes``
+    (the ground truth's own warnings) and the results' warnings are logged, one line each.
+    """
+    checked = check_results(results, gt, source)
+    for message in (*notes, *checked.warnings):
+        logger.warning(message)
+    return {**video_ap(gt, checked.tracks), **frame_ap(gt, checked.tracks)}

@@ -136,7 +136,10 @@ def _run_synth(args: argparse.Namespace) -> dict[str, Any]:
 
 def _add_metrics(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("metrics", help="score a YouTube-VIS results file",
-                       description="Video AP (YouTube-VIS rules) and frame-level COCO mAP of RESULTS against GT; percent, null = undefined.")
+                       description="Video AP (YouTube-VIS rules) and frame-level COCO mAP of RESULTS against GT; "
+                                   "percent, null = undefined. RESULTS is checked first (one line and exit 2 for "
+                                   "anything malformed): a list of {video_id, category_id, score, segmentations}, per "
+                                   "frame null, an RLE (string or run-length counts) or polygons.")
     p.add_argument("gt", metavar="GT.json", help="YouTube-VIS annotation file")
     p.add_argument("results", metavar="RESULTS.json", help="results in the official format (a list of tracks)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -145,17 +148,11 @@ def _add_metrics(sub: argparse._SubParsersAction) -> None:
 
 def _run_metrics(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.data.ytvis import Annotations
-    from prunebench.evaluation.vis_metrics import check_results, score_results
+    from prunebench.evaluation.vis_metrics import load_results, score_results
 
-    gt = Annotations(args.gt).ground_truth()
-    try:
-        results = json.loads(open(args.results, "rb").read())
-    except FileNotFoundError:
-        raise ConfigError(f"{args.results}: results file not found") from None
-    except ValueError as error:
-        raise ConfigError(f"{args.results}: not readable JSON ({error})") from None
-    check_results(results, gt, source=args.results)
-    return score_results(gt, results)
+    annotations = Annotations(args.gt)
+    results = load_results(args.results)
+    return score_results(annotations.ground_truth(), results, source=args.results, notes=annotations.warnings)
 
 
 def _add_gpus_arg(p: argparse.ArgumentParser) -> None:
