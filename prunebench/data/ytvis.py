@@ -1,6 +1,9 @@
 """YouTube-VIS 2019/2021 reader: annotation JSON + JPEG frames, validated before anything runs.
 
 Layout: ``ROOT/annotations/instances_<split>.json`` and ``ROOT/<split>/JPEGImages/<file_name>``.
+An annotation file may name another split's frame folder in a top-level ``"frames_split"`` (a
+split held out of ``train`` by ``prunebench data split`` reads ``ROOT/train/JPEGImages/``); other
+YouTube-VIS tools ignore the key.
 Segmentations may be RLE (compressed string or uncompressed count list), polygons, or null
 (absent in that frame). Every malformed input stops with one line naming the file and the item
 (``ConfigError``): unreadable JSON, missing keys, a video whose ``length`` is not its number of
@@ -251,7 +254,14 @@ class Annotations:
         self.warnings: tuple[str, ...] = (
             f"{self.path}: {len(dropped)} annotations of category_id {few(set(dropped))}, missing from the "
             "category list; dropped, as ytvoseval does",) if dropped else ()
+        self.frames_split = self._frames_split(data.get("frames_split"))
         self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    def _frames_split(self, value: Any) -> str | None:
+        """The optional ``frames_split``: the name of a split folder under ROOT, or None."""
+        if value is not None and (not isinstance(value, str) or value in ("", ".", "..") or Path(value).name != value):
+            raise self.fail("frames_split", f"{value!r} is not a split folder name; allowed: a name like 'train'")
+        return value
 
     def fail(self, item: str, problem: str) -> ConfigError:
         """The one-line error for a bad item of this file."""
@@ -349,10 +359,10 @@ class YTVISDataset:
         self.annotations = Annotations(self.root / "annotations" / f"instances_{split}.json")
         self.categories = self.annotations.categories
         self.sha256 = self.annotations.sha256
-        frames_dir = self.root / split / "JPEGImages"
+        self.frames_dir = self.root / (self.annotations.frames_split or split) / "JPEGImages"
         self.videos = []
         for vid, meta in self.annotations.videos.items():
-            paths = tuple(frames_dir / name for name in meta["file_names"])
+            paths = tuple(self.frames_dir / name for name in meta["file_names"])
             for index, path in enumerate(paths):
                 if not path.is_file():
                     raise self.annotations.fail(f"video {vid} frame {index}", f"file {path} is missing")

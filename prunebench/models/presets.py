@@ -15,7 +15,7 @@ from typing import Any
 from scipy.optimize import brentq
 
 from prunebench.errors import ConfigError
-from prunebench.models.registry import build_method
+from prunebench.models.registry import build_method, method_class
 
 PKR_TARGETS = (0.55, 0.40)
 
@@ -55,6 +55,18 @@ _FAMILIES: dict[str, tuple[Callable[[float], dict[str, Any]], float, float]] = {
 }
 
 
+def register_family(method: str, family: Callable[[float], dict[str, Any]], low: float, high: float) -> None:
+    """Give ``method`` (e.g. a plug-in, from its own module) a keep family for ``params_for_pkr``.
+
+    ``family(x)`` returns the method's parameters at level ``x`` in [low, high]; the PKR they imply
+    (``implied_pkr``) must grow with ``x``, so that every PKR between its values at ``low`` and ``high``
+    has one setting.
+    """
+    if not low < high:
+        raise ConfigError(f"register_family({method!r}): low={low}, high={high}; allowed: low < high")
+    _FAMILIES[method] = (family, low, high)
+
+
 def implied_pkr(method: str, params: dict[str, Any], depth: int = 12) -> float:
     """PKR (paper Eq. 8) that ``method``'s stage targets imply: the mean over blocks of the cumulative
     keep target in force at each block (1 before the first stage; VPP's dense first frame ignored)."""
@@ -71,6 +83,7 @@ def params_for_pkr(method: str, pkr: float, base: dict[str, Any] | None = None) 
 
     ``base`` holds fixed parameters (positions, ...) the family's parameters are added to.
     """
+    method_class(method)  # a plug-in's module, which registers its family, is imported on its first lookup
     if method not in _FAMILIES:
         raise ConfigError(f"no keep schedule for method '{method}'; allowed: {', '.join(sorted(_FAMILIES))}")
     family, low, high = _FAMILIES[method]

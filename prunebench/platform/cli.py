@@ -122,6 +122,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                    help="processes drawing videos (default: one per CPU; the files do not depend on it)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_run_synth)
+    _add_split(data)
 
 
 def _run_synth(args: argparse.Namespace) -> dict[str, Any]:
@@ -132,6 +133,35 @@ def _run_synth(args: argparse.Namespace) -> dict[str, Any]:
                      radius_range=tuple(args.radius_range), max_objects=args.max_objects,
                      camera_motion=args.camera_motion)
     return generate(args.out, spec, overwrite=args.overwrite, workers=args.workers)
+
+
+def _add_split(data: argparse._SubParsersAction) -> None:
+    from prunebench.data.split import SplitSpec
+
+    defaults = SplitSpec()
+    p = data.add_parser("split", help="hold out videos of a split (train) as a validation split with ground truth",
+                        description="Write ROOT/annotations/instances_<name>-train.json (the videos that stay) and "
+                                    "instances_<name>.json (the held-out videos), both reading the frames of "
+                                    "ROOT/<from-split>/JPEGImages/ (nothing is copied), and ROOT/splits/<name>.json "
+                                    "(video ids, seed, sha256 of each file). The same seed gives the same files.")
+    p.add_argument("root", metavar="ROOT", help="a YouTube-VIS folder (annotations/instances_<split>.json, <split>/JPEGImages/)")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--valid-videos", type=int, metavar="N", help="hold out N videos")
+    size.add_argument("--valid-fraction", type=float, metavar="F", help="hold out round(F x videos) videos, 0 < F < 1")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the held-out sample (default: %(default)s)")
+    p.add_argument("--from-split", default=defaults.from_split, help="the split to divide (default: %(default)s)")
+    p.add_argument("--name", default=defaults.name, help="the held-out split's name; the rest is <name>-train (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an existing split of that name")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_run_split)
+
+
+def _run_split(args: argparse.Namespace) -> dict[str, Any]:
+    from prunebench.data.split import SplitSpec, split_dataset
+
+    spec = SplitSpec(valid_videos=args.valid_videos, valid_fraction=args.valid_fraction, seed=args.seed,
+                     from_split=args.from_split, name=args.name, overwrite=args.overwrite)
+    return split_dataset(args.root, spec)
 
 
 def _add_metrics(sub: argparse._SubParsersAction) -> None:

@@ -20,6 +20,7 @@ import yaml
 from prunebench.atomic import write_bytes, write_json
 from prunebench.config import ExperimentConfig, OptimConfig
 from prunebench.data.pipeline import ClipSampler
+from prunebench.data.split import check_disjoint
 from prunebench.data.synth import generate
 from prunebench.data.ytvis import YTVISDataset
 from prunebench.evaluation.plots import keep_mask_figure
@@ -41,12 +42,17 @@ def seed_everything(seed: int) -> None:
 
 
 def load_datasets(config: ExperimentConfig) -> tuple[YTVISDataset, YTVISDataset]:
-    """The validated train and valid splits; generates the synthetic set first if configured and absent."""
+    """The validated train and valid splits; generates the synthetic set first if configured and absent.
+
+    Splits that read one frame folder must not share a video (ConfigError naming the shared ids).
+    """
     root = Path(config.data.root)
     if config.data.synth is not None and not (root / "annotations").is_dir():
         log.info("generating synthetic videos in %s", root)
         generate(root, config.data.synth)
-    return YTVISDataset(root, config.data.train_split), YTVISDataset(root, config.data.valid_split)
+    train, valid = YTVISDataset(root, config.data.train_split), YTVISDataset(root, config.data.valid_split)
+    check_disjoint(train, valid)
+    return train, valid
 
 
 def build_model(config: ExperimentConfig, num_classes: int, method: str, params: dict[str, Any]) -> VISModel:
