@@ -120,7 +120,7 @@ class PrunableViT(nn.Module):
             pretrained=False,
             num_classes=0,
             class_token=False,
-            global_pool="avg",
+            global_pool="",  # keeps the final LayerNorm in ``norm`` (timm moves it to an unused fc_norm for "avg")
             dynamic_img_size=True,
             drop_path_rate=drop_path_rate,
         )
@@ -272,11 +272,15 @@ def load_timm_weights(model: PrunableViT, path: str) -> None:
     except Exception as error:  # torch/safetensors raise several types on a bad file
         raise ConfigError(f"{path}: cannot read pretrained weights ({error})") from None
     state = state.get("model", state) if isinstance(state, dict) else state
-    state = {k: v for k, v in state.items() if not k.startswith(("head.", "cls_token", "fc_norm."))}
+    state = {k: v for k, v in state.items() if not k.startswith(("head.", "cls_token"))}
     pos = state.get("pos_embed")
     grid = model.vit.patch_embed.grid_size
     if pos is not None and pos.shape[1] == grid[0] * grid[1] + 1:
         state["pos_embed"] = pos[:, 1:]
-    missing, unexpected = model.vit.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.vit.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a tensor of the wrong shape: another backbone size
+        first = str(error).split("\n")[1].strip() if "\n" in str(error) else str(error)
+        raise ConfigError(f"{path}: not a {model.backbone_name} checkpoint ({first})") from None
     if missing or unexpected:
         raise ConfigError(f"{path}: not a {model.backbone_name} checkpoint (missing {missing[:3]}, unexpected {unexpected[:3]})")
