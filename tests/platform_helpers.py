@@ -6,6 +6,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -73,3 +75,18 @@ def stop_started(tag: str, before: set[int]) -> None:
             proc.kill()
         except psutil.Error:
             pass
+
+
+def kill_driver_when(args: list[str], ready: Callable[[], bool], env: dict[str, str] | None = None,
+                     timeout: float = 400) -> None:
+    """Start ``prunebench ARGS`` in its own session; SIGKILL it (and the local Ray it started) once ``ready()``."""
+    driver = subprocess.Popen([sys.executable, "-m", "prunebench.platform.cli", *map(str, args)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              env={**os.environ, **(env or {})})
+    deadline = time.time() + timeout
+    while time.time() < deadline and driver.poll() is None and not ready():
+        time.sleep(2)
+    assert driver.poll() is None, "the driver finished before it could be interrupted"
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    time.sleep(3)

@@ -8,16 +8,12 @@ is killed resumes with no trial or MLflow run lost or duplicated.
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from platform_helpers import cli
+from platform_helpers import cli, kill_driver_when
 from prunebench.config import load_config
 from prunebench.data.synth import SynthSpec, generate
 from prunebench.data.ytvis import YTVISDataset
@@ -147,21 +143,11 @@ def test_benchmark_grid_brackets_and_bad_settings_exit_2(tmp_path):
 
 def test_killed_benchmark_resumes_without_lost_or_duplicated_trials(tmp_path):
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "prunebench.platform.cli", "benchmark", "benchmark-tiny", "--out", str(out), "--json"]
-    env = {**os.environ, **_env(tmp_path)}
-    driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                              env=env)
     uri = f"sqlite:///{out / 'mlflow.db'}"
-    deadline = time.time() + 400
     # watch Ray's storage, not MLflow: a second client creating the SQLite schema would race the driver's
-    while time.time() < deadline and driver.poll() is None:
-        if len(list((out / "ray_results" / "benchmark-tiny").glob("*/checkpoint_000000"))) >= 2:
-            break
-        time.sleep(2)
-    assert driver.poll() is None, "the benchmark finished before it could be interrupted"
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    driver.wait()
-    time.sleep(3)
+    kill_driver_when(["benchmark", "benchmark-tiny", "--out", out, "--json"],
+                     lambda: len(list((out / "ray_results" / "benchmark-tiny").glob("*/checkpoint_000000"))) >= 2,
+                     env=_env(tmp_path))
     resumed = cli(["benchmark", "benchmark-tiny", "--out", out, "--resume", "--json"], env=_env(tmp_path))
     assert resumed["trials"] == TRIALS
     _, runs = _eval_runs(uri)

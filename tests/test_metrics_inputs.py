@@ -5,7 +5,6 @@ import copy
 import json
 import logging
 import time
-from pathlib import Path
 
 import pytest
 

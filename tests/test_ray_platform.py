@@ -1,15 +1,9 @@
 """Ray Train fault tolerance and the resumable Tune + Optuna study (real Ray, real MLflow)."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 from mlflow.tracking import MlflowClient
 
-from platform_helpers import cli, write_config
+from platform_helpers import cli, kill_driver_when, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -59,19 +53,10 @@ def _trial_runs(client, name):
 def test_study_resumes_after_its_driver_is_killed(dense):
     root, config, result = dense
     name = "resume-study"
-    args = [sys.executable, "-m", "prunebench.platform.cli", "tune", "dynamicvit", "--config", str(config),
-            "--from", result["checkpoint"], "--num-samples", "4", "--name", name, "--set", "eval.threads=2", "--json"]
     client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
-    driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 400
-    while time.time() < deadline and driver.poll() is None:
-        if any(r.info.status == "FINISHED" for r in _trial_runs(client, name)):
-            break
-        time.sleep(2)
-    assert driver.poll() is None, "the study finished before it could be interrupted"
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    driver.wait()
-    time.sleep(3)
+    kill_driver_when(["tune", "dynamicvit", "--config", config, "--from", result["checkpoint"], "--num-samples", "4",
+                      "--name", name, "--set", "eval.threads=2", "--json"],
+                     lambda: any(r.info.status == "FINISHED" for r in _trial_runs(client, name)))
     resumed = cli(["tune", "dynamicvit", "--config", config, "--from", result["checkpoint"], "--num-samples", "4",
                    "--name", name, "--set", "eval.threads=2", "--resume", "--json"])
     assert resumed["trials"] == 4
