@@ -15,6 +15,7 @@ SIGKILL itself once, after step k (the marker records that it happened).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -27,12 +28,13 @@ from typing import Any
 import ray
 import ray.train
 import torch
+from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from prunebench.atomic import atomic_path
 from prunebench.config import ExperimentConfig, load_config
 from prunebench.platform.resources import process_group_backend, worker_config
-from prunebench.training.checkpoint import read_checkpoint, save_checkpoint
+from prunebench.training.checkpoint import CODE_VERSION_ENV, code_version, read_checkpoint, save_checkpoint
 from prunebench.training.loop import LogEvery, StepMetrics, mean_metrics, train_steps
 from prunebench.training.protocol import log_progress, prepare_stage
 from prunebench.typed import to_dict
@@ -57,14 +59,26 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     Worker output is forwarded to the driver's stderr, so training progress shows. A local Ray runs
     its dashboard on 127.0.0.1: Train V2's placement-group cleaner needs the State API it serves
     (without it the cleaner logs a warning every second and cannot free a dead run's workers).
+    The workers get the driver's code version (``code_version_env``).
     """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = code_version_env()
     if address:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env)
+
+
+def code_version_env() -> dict[str, Any]:
+    """The runtime env that hands the driver's ``code_version()`` to every Ray worker (which may run
+    from a copy without ``.git``); empty in a submitted job whose runtime env already sets it (Ray
+    refuses a driver that sets the same variable again)."""
+    job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}"))
+    if CODE_VERSION_ENV in ((job.get("runtime_env") or {}).get("env_vars") or {}):
+        return {}
+    return {"env_vars": {CODE_VERSION_ENV: code_version()}}
 
 
 def worker_logging() -> None:
@@ -113,7 +127,8 @@ def _worker(loop_config: dict[str, Any]) -> None:
             window.clear()
             if rank == 0:
                 with tempfile.TemporaryDirectory() as folder:
-                    save_checkpoint(Path(folder) / WEIGHTS, model, {**prepared.meta, "step": metrics.step})
+                    save_checkpoint(Path(folder) / WEIGHTS, model,
+                                    {**prepared.meta, **loop_config["meta"], "step": metrics.step})
                     torch.save(optimizer.state_dict(), Path(folder) / OPTIMIZER)
                     ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
             else:
@@ -144,15 +159,18 @@ def train_on_ray(
     storage_path: str | None = None,
     name: str | None = None,
     max_failures: int = 3,
+    meta: dict[str, str] | None = None,
 ) -> StageResult:
-    """Run one stage on a ``TorchTrainer``; copy the final weights to ``out`` atomically."""
+    """Run one stage on a ``TorchTrainer``; copy the final weights to ``out`` atomically. ``meta`` is added
+    to the checkpoint's metadata (e.g. the MLflow run that trains it)."""
     storage = storage_path or str((Path(config.out) / "ray_results").resolve())
     run_name = name or f"{config.name}-{stage}-{config.method.name if stage == 'finetune' else 'dense'}"
     trainer = TorchTrainer(
         _worker,
         torch_config=TorchConfig(backend=process_group_backend(scaling.use_gpu)),
         train_loop_config={"config": to_dict(config), "stage": stage, "threads": scaling.cpus_per_worker,
-                           "init": None if init_checkpoint is None else str(Path(init_checkpoint).resolve())},
+                           "init": None if init_checkpoint is None else str(Path(init_checkpoint).resolve()),
+                           "meta": dict(meta or {})},
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker={"CPU": scaling.cpus_per_worker}),
         run_config=ray.train.RunConfig(
