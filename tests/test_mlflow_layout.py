@@ -5,8 +5,9 @@ import json
 
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
-from platform_helpers import write_config
+from platform_helpers import cli, write_config
 from prunebench.config import load_config
 from prunebench.errors import ConfigError
 from prunebench.platform.cli import main
@@ -14,7 +15,7 @@ from prunebench.platform.ray_train import code_version_env
 from prunebench.platform.runs import report_logged, resolve_init
 from prunebench.platform.tracking import Tracker, resolve_tracking_uri, source_tags
 from prunebench.reports.leaderboard import fetch_runs
-from prunebench.training.checkpoint import CODE_VERSION_ENV, code_commit, code_version, save_checkpoint
+from prunebench.training.checkpoint import CODE_VERSION_ENV, code_commit, code_version, read_meta, save_checkpoint
 from prunebench.training.protocol import prepare_stage
 
 
@@ -115,3 +116,22 @@ def test_from_takes_a_path_or_a_runs_uri_checked_before_anything_starts(tmp_path
     assert main(["finetune", str(config_path), "--from", "runs:/nope/model.safetensors"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("prunebench finetune: error: --from runs:/nope/model.safetensors: cannot download")
+
+
+@pytest.mark.slow
+def test_training_run_logs_its_checkpoint_which_finetune_takes_by_runs_uri(tmp_path):
+    config = write_config(tmp_path)
+    trained = cli(["train", config, "--json"], env={CODE_VERSION_ENV: "abc1234-dirty"})
+    meta = read_meta(trained["checkpoint"])
+    assert meta["mlflow_run_id"] == trained["mlflow_run_id"] and meta["code_version"] == "abc1234-dirty"
+    client = MlflowClient(resolve_tracking_uri(None, tmp_path / "runs"))
+    tags = client.get_run(trained["mlflow_run_id"]).data.tags
+    assert tags["mlflow.source.name"] == "prunebench train" and tags["mlflow.source.git.commit"] == "abc1234"
+    assert [a.path for a in client.list_artifacts(trained["mlflow_run_id"], "checkpoint")] == [
+        "checkpoint/model.safetensors"]
+    source = f"runs:/{trained['mlflow_run_id']}/checkpoint/model.safetensors"
+    tuned = cli(["finetune", config, "--from", source, "--set", "method.name=dynamicvit", "--json"])
+    assert read_meta(tuned["checkpoint"])["init_checkpoint"].startswith(str(tmp_path / "runs" / "inputs"))
+    evaluated = cli(["eval", config, "--checkpoint", tuned["checkpoint"], "--set", "method.name=dynamicvit",
+                     "--no-timing", "--json"])
+    assert client.get_run(evaluated["mlflow_run_id"]).data.tags["prunebench.train_run"] == tuned["mlflow_run_id"]

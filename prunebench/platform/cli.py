@@ -307,6 +307,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpus-per-trial", type=int, default=1)
     _add_gpus_arg(p)
     p.add_argument("--reports", type=int, default=4, help="training-loss reports per trial (ASHA rungs)")
+    p.add_argument("--storage-path", default=None, help="Ray storage for trials and checkpoints: a folder or URI "
+                                                        "(default: <out>/ray_results)")
     _add_platform_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_run_tune)
@@ -333,7 +335,7 @@ def _run_tune(args: argparse.Namespace) -> dict[str, Any]:
     return run_study(args.space, config, dense, uri,
                      num_samples=args.num_samples, objective=args.objective, name=args.name, resume=args.resume,
                      address=args.address, cpus_per_trial=args.cpus_per_trial, reports=args.reports, seed=config.seed,
-                     gpus=args.gpus_per_trial)
+                     gpus=args.gpus_per_trial, storage_path=args.storage_path)
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:

@@ -7,7 +7,9 @@ checkpoint (weights + optimizer state + step). If a worker dies, Ray restarts th
 are copied to the requested path as a regular prunebench checkpoint.
 
 Without an address a local Ray starts; ``--address`` / ``RAY_ADDRESS`` joins a cluster. Storage
-is a local folder or a URI (``s3://...``), given as ``storage_path``.
+is a local folder or a URI (``s3://...``), given as ``storage_path``. The init checkpoint reaches the
+workers through the object store (they may run on nodes that do not see the driver's disk), and so does
+the driver's code version (the runtime env of ``connect``).
 
 Testing hook: ``PRUNEBENCH_FAULT_KILL_AT_STEP=k`` with ``PRUNEBENCH_FAULT_MARKER=<file>`` makes rank 0
 SIGKILL itself once, after step k (the marker records that it happened).
@@ -15,12 +17,14 @@ SIGKILL itself once, after step k (the marker records that it happened).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +96,19 @@ def worker_logging() -> None:
         logger.propagate = False  # Ray's workers have a root handler of their own: print once
 
 
+@contextlib.contextmanager
+def received_file(ref: ray.ObjectRef | None) -> Iterator[Path | None]:
+    """The bytes the driver put in the object store as a file on this worker's node, which may not see the
+    driver's disk (e.g. the init checkpoint downloaded into the head's ``<out>/inputs/``)."""
+    if ref is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / WEIGHTS
+        path.write_bytes(ray.get(ref))
+        yield path
+
+
 def _worker(loop_config: dict[str, Any]) -> None:
     worker_logging()
     config = worker_config(load_config(loop_config["config"]))
@@ -99,7 +116,8 @@ def _worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(threads)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    prepared = prepare_stage(config, stage, loop_config["init"])
+    with received_file(loop_config["init"]) as init:
+        prepared = prepare_stage(config, stage, init)
     model, optim = prepared.model, prepared.optim
     start, optimizer_state = 0, None
     resume = ray.train.get_checkpoint()
@@ -159,18 +177,19 @@ def train_on_ray(
     storage_path: str | None = None,
     name: str | None = None,
     max_failures: int = 3,
-    meta: dict[str, str] | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> StageResult:
     """Run one stage on a ``TorchTrainer``; copy the final weights to ``out`` atomically. ``meta`` is added
     to the checkpoint's metadata (e.g. the MLflow run that trains it)."""
     storage = storage_path or str((Path(config.out) / "ray_results").resolve())
+    init = None if init_checkpoint is None else ray.put(Path(init_checkpoint).read_bytes())  # to workers on any node
+    meta = {**(meta or {}), "init_checkpoint": None if init_checkpoint is None else str(init_checkpoint)}
     run_name = name or f"{config.name}-{stage}-{config.method.name if stage == 'finetune' else 'dense'}"
     trainer = TorchTrainer(
         _worker,
         torch_config=TorchConfig(backend=process_group_backend(scaling.use_gpu)),
         train_loop_config={"config": to_dict(config), "stage": stage, "threads": scaling.cpus_per_worker,
-                           "init": None if init_checkpoint is None else str(Path(init_checkpoint).resolve()),
-                           "meta": dict(meta or {})},
+                           "init": init, "meta": meta},
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker={"CPU": scaling.cpus_per_worker}),
         run_config=ray.train.RunConfig(
