@@ -229,16 +229,17 @@ class Tracker:
         """The run for ``key``: found if it exists (an unfinished one is marked running again), else created
         (as a child of ``parent``)."""
 
+        all_tags = {**source_tags(), KEY_TAG: key, "mlflow.runName": name,
+                    "prunebench.version": prunebench.__version__, **(tags or {})}
+        if parent:
+            all_tags[PARENT_TAG] = parent
+
         def find_or_create() -> str:
             existing = self.find_run(experiment_id, key)
             if existing is not None:
                 if self.client.get_run(existing).info.status != "FINISHED":  # resumed: running again
                     self.client.update_run(existing, status="RUNNING")
                 return existing
-            all_tags = {**source_tags(), KEY_TAG: key, "mlflow.runName": name,
-                        "prunebench.version": prunebench.__version__, **(tags or {})}
-            if parent:
-                all_tags[PARENT_TAG] = parent
             return self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
 
         return self._write(find_or_create)

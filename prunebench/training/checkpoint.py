@@ -6,6 +6,7 @@ the seed, the step, the code version and the category ids, so a checkpoint alone
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -27,8 +28,10 @@ CODE_VERSION_ENV = "PRUNEBENCH_CODE_VERSION"
 _COMMIT_IN_VERSION = re.compile(r"(?:^|[-+]g)([0-9a-f]{7,40})(?:[-.]dirty)?$")
 
 
+@functools.cache
 def _git(*args: str) -> str | None:
-    """Output of ``git ARGS`` in the package's checkout; None without git or a checkout."""
+    """Output of ``git ARGS`` in the package's checkout, asked once per process (the code it loaded);
+    None without git or a checkout."""
     here = Path(prunebench.__file__).resolve().parent
     try:
         return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5,
