@@ -204,7 +204,8 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
         _add_config_args(p)
         _add_platform_args(p)
         if stage == "finetune":
-            p.add_argument("--from", dest="init", required=True, metavar="CKPT", help="the dense checkpoint")
+            p.add_argument("--from", dest="init", required=True, metavar="CKPT",
+                           help="the dense checkpoint: a path, s3://... or runs:/<run_id>/checkpoint/model.safetensors")
         p.add_argument("--out", default=None, help="checkpoint path (default: <out>/<dense|method>.safetensors)")
         p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
         p.add_argument("--cpus-per-worker", type=int, default=None, help="CPUs (and torch threads) per worker (default: eval.threads)")
@@ -217,15 +218,16 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.config import load_config
     from prunebench.platform.ray_train import Scaling
-    from prunebench.platform.runs import train_stage_logged
+    from prunebench.platform.runs import resolve_init, train_stage_logged
 
     config = load_config(args.config, parse_assignments(args.overrides))
+    init = None if args.stage == "train" else resolve_init(args.init, config, args.tracking_uri)
     if args.workers < 1 or (args.cpus_per_worker is not None and args.cpus_per_worker < 1):
         raise ConfigError(f"--workers {args.workers} / --cpus-per-worker {args.cpus_per_worker}: allowed: integers >= 1")
     if args.gpu and config.device != "cuda":
         raise ConfigError("--gpu with device=cpu: the GPU would sit idle; allowed: --set device=cuda, or no --gpu")
     scaling = Scaling(args.workers, config.device == "cuda", args.cpus_per_worker or config.eval.threads)
-    return train_stage_logged(config, args.stage, args.out, getattr(args, "init", None), scaling, args.storage_path,
+    return train_stage_logged(config, args.stage, args.out, init, scaling, args.storage_path,
                               args.address, args.tracking_uri, args.max_failures)
 
 
@@ -296,7 +298,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="demo", help="experiment preset or YAML (default: demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     p.add_argument("--from", dest="init", default=None, metavar="CKPT",
-                   help="the dense checkpoint (default: the config's dense model from the dense cache, trained once)")
+                   help="the dense checkpoint: a path, s3://... or runs:/<run_id>/checkpoint/model.safetensors "
+                        "(default: the config's dense model from the dense cache, trained once)")
     p.add_argument("--num-samples", type=int, default=8)
     p.add_argument("--objective", default="pkr", help="what to minimise beside maximising AP: pkr or gmacs")
     p.add_argument("--name", default=None, help="study name = MLflow experiment (default: tune-<method>)")
@@ -304,6 +307,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpus-per-trial", type=int, default=1)
     _add_gpus_arg(p)
     p.add_argument("--reports", type=int, default=4, help="training-loss reports per trial (ASHA rungs)")
+    p.add_argument("--storage-path", default=None, help="Ray storage for trials and checkpoints: a folder or URI "
+                                                        "(default: <out>/ray_results)")
     _add_platform_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_run_tune)
@@ -311,15 +316,16 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 
 def _run_tune(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.config import load_config
+    from prunebench.platform.runs import cached_dense, resolve_init
     from prunebench.platform.study import run_study
     from prunebench.platform.tracking import resolve_tracking_uri
 
     config = load_config(args.config, parse_assignments(args.overrides))
     uri = resolve_tracking_uri(args.tracking_uri, config.out)
-    dense = args.init
-    if dense is None:
+    if args.init is not None:
+        dense = str(resolve_init(args.init, config, uri))
+    else:
         from prunebench.platform.ray_train import connect
-        from prunebench.platform.runs import cached_dense
         from prunebench.platform.tracking import Tracker
         from prunebench.search_spaces.loader import load_space
 
@@ -329,7 +335,7 @@ def _run_tune(args: argparse.Namespace) -> dict[str, Any]:
     return run_study(args.space, config, dense, uri,
                      num_samples=args.num_samples, objective=args.objective, name=args.name, resume=args.resume,
                      address=args.address, cpus_per_trial=args.cpus_per_trial, reports=args.reports, seed=config.seed,
-                     gpus=args.gpus_per_trial)
+                     gpus=args.gpus_per_trial, storage_path=args.storage_path)
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
@@ -348,8 +354,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> dict[str, Any]:
+    from prunebench.platform.runs import report_logged
     from prunebench.platform.tracking import resolve_tracking_uri
-    from prunebench.reports.report import write_report
 
     try:
         targets = tuple(float(t) for t in args.targets.split(","))
@@ -363,7 +369,7 @@ def _run_report(args: argparse.Namespace) -> dict[str, Any]:
         if not db.exists():
             raise ConfigError(f"no MLflow store: pass --tracking-uri or set MLFLOW_TRACKING_URI ({db} does not exist)")
         uri = resolve_tracking_uri(None, args.out)
-    result = write_report(uri, args.out, args.experiment, targets)
+    result = report_logged(uri, args.out, args.experiment, targets)
     print(result.pop("markdown"), file=sys.stderr if args.json else sys.__stdout__, flush=True)
     return result
 

@@ -7,7 +7,9 @@ checkpoint (weights + optimizer state + step). If a worker dies, Ray restarts th
 are copied to the requested path as a regular prunebench checkpoint.
 
 Without an address a local Ray starts; ``--address`` / ``RAY_ADDRESS`` joins a cluster. Storage
-is a local folder or a URI (``s3://...``), given as ``storage_path``.
+is a local folder or a URI (``s3://...``), given as ``storage_path``. The init checkpoint reaches the
+workers through the object store (they may run on nodes that do not see the driver's disk), and so does
+the driver's code version (the runtime env of ``connect``).
 
 Testing hook: ``PRUNEBENCH_FAULT_KILL_AT_STEP=k`` with ``PRUNEBENCH_FAULT_MARKER=<file>`` makes rank 0
 SIGKILL itself once, after step k (the marker records that it happened).
@@ -15,11 +17,14 @@ SIGKILL itself once, after step k (the marker records that it happened).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +32,13 @@ from typing import Any
 import ray
 import ray.train
 import torch
+from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from prunebench.atomic import atomic_path
 from prunebench.config import ExperimentConfig, load_config
 from prunebench.platform.resources import process_group_backend, worker_config
-from prunebench.training.checkpoint import read_checkpoint, save_checkpoint
+from prunebench.training.checkpoint import CODE_VERSION_ENV, code_version, read_checkpoint, save_checkpoint
 from prunebench.training.loop import LogEvery, StepMetrics, mean_metrics, train_steps
 from prunebench.training.protocol import log_progress, prepare_stage
 from prunebench.typed import to_dict
@@ -57,14 +63,26 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     Worker output is forwarded to the driver's stderr, so training progress shows. A local Ray runs
     its dashboard on 127.0.0.1: Train V2's placement-group cleaner needs the State API it serves
     (without it the cleaner logs a warning every second and cannot free a dead run's workers).
+    The workers get the driver's code version (``code_version_env``).
     """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = code_version_env()
     if address:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env)
+
+
+def code_version_env() -> dict[str, Any]:
+    """The runtime env that hands the driver's ``code_version()`` to every Ray worker (which may run
+    from a copy without ``.git``); empty in a submitted job whose runtime env already sets it (Ray
+    refuses a driver that sets the same variable again)."""
+    job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}"))
+    if CODE_VERSION_ENV in ((job.get("runtime_env") or {}).get("env_vars") or {}):
+        return {}
+    return {"env_vars": {CODE_VERSION_ENV: code_version()}}
 
 
 def worker_logging() -> None:
@@ -78,6 +96,19 @@ def worker_logging() -> None:
         logger.propagate = False  # Ray's workers have a root handler of their own: print once
 
 
+@contextlib.contextmanager
+def received_file(ref: ray.ObjectRef | None) -> Iterator[Path | None]:
+    """The bytes the driver put in the object store as a file on this worker's node, which may not see the
+    driver's disk (e.g. the init checkpoint downloaded into the head's ``<out>/inputs/``)."""
+    if ref is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / WEIGHTS
+        path.write_bytes(ray.get(ref))
+        yield path
+
+
 def _worker(loop_config: dict[str, Any]) -> None:
     worker_logging()
     config = worker_config(load_config(loop_config["config"]))
@@ -85,7 +116,8 @@ def _worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(threads)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    prepared = prepare_stage(config, stage, loop_config["init"])
+    with received_file(loop_config["init"]) as init:
+        prepared = prepare_stage(config, stage, init)
     model, optim = prepared.model, prepared.optim
     start, optimizer_state = 0, None
     resume = ray.train.get_checkpoint()
@@ -113,7 +145,8 @@ def _worker(loop_config: dict[str, Any]) -> None:
             window.clear()
             if rank == 0:
                 with tempfile.TemporaryDirectory() as folder:
-                    save_checkpoint(Path(folder) / WEIGHTS, model, {**prepared.meta, "step": metrics.step})
+                    save_checkpoint(Path(folder) / WEIGHTS, model,
+                                    {**prepared.meta, **loop_config["meta"], "step": metrics.step})
                     torch.save(optimizer.state_dict(), Path(folder) / OPTIMIZER)
                     ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
             else:
@@ -144,15 +177,19 @@ def train_on_ray(
     storage_path: str | None = None,
     name: str | None = None,
     max_failures: int = 3,
+    meta: dict[str, Any] | None = None,
 ) -> StageResult:
-    """Run one stage on a ``TorchTrainer``; copy the final weights to ``out`` atomically."""
+    """Run one stage on a ``TorchTrainer``; copy the final weights to ``out`` atomically. ``meta`` is added
+    to the checkpoint's metadata (e.g. the MLflow run that trains it)."""
     storage = storage_path or str((Path(config.out) / "ray_results").resolve())
+    init = None if init_checkpoint is None else ray.put(Path(init_checkpoint).read_bytes())  # to workers on any node
+    meta = {**(meta or {}), "init_checkpoint": None if init_checkpoint is None else str(init_checkpoint)}
     run_name = name or f"{config.name}-{stage}-{config.method.name if stage == 'finetune' else 'dense'}"
     trainer = TorchTrainer(
         _worker,
         torch_config=TorchConfig(backend=process_group_backend(scaling.use_gpu)),
         train_loop_config={"config": to_dict(config), "stage": stage, "threads": scaling.cpus_per_worker,
-                           "init": None if init_checkpoint is None else str(Path(init_checkpoint).resolve())},
+                           "init": init, "meta": meta},
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker={"CPU": scaling.cpus_per_worker}),
         run_config=ray.train.RunConfig(

@@ -4,11 +4,18 @@ Each command checks its data first (so bad input stops before Ray or MLflow star
 written), then runs, then logs through the one ``Tracker``: params (the flattened config, method,
 seed, code version, dataset split hash, hardware), per-epoch training metrics, final metrics and
 artifacts. Evaluation runs are tagged ``prunebench.kind = eval`` with ``method``, ``target``,
-``backbone`` and ``dataset``: the reports read exactly these.
+``backbone`` and ``dataset``: the reports read exactly these. An evaluation run is keyed by all its
+params (checkpoint sha256, dataset hash, eval seed and settings, method parameters, code version,
+hardware): a re-run with identical params finds it again, any difference makes a new run.
+
+A training stage's run logs its checkpoint (``checkpoint/model.safetensors``) and the checkpoint records
+the run's id (``mlflow_run_id``), which an evaluation of it names in its tag ``prunebench.train_run``.
+A report is logged on a run of its own kind (``report``), which no leaderboard reads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -19,9 +26,10 @@ from prunebench.models.presets import PKR_TARGETS, params_for_target, pruning_me
 from prunebench.platform.dense_cache import DenseModel, dense_model
 from prunebench.platform.ray_train import Scaling, connect, train_on_ray
 from prunebench.platform.resources import check_cluster_gpus
-from prunebench.platform.tracking import Tracker, flatten, hardware, resolve_tracking_uri
+from prunebench.platform.tracking import Tracker, fetch_input, flatten, hardware, params_key, resolve_tracking_uri
 from prunebench.platform.trial import TrialSpec
-from prunebench.training.checkpoint import code_version, read_meta
+from prunebench.reports.report import write_report
+from prunebench.training.checkpoint import check_backbone, code_version, read_meta
 from prunebench.training.protocol import evaluate_checkpoint, load_datasets
 from prunebench.typed import to_dict
 
@@ -37,6 +45,15 @@ def run_params(config: ExperimentConfig, dataset_sha256: str) -> dict[str, str]:
 def _tags(config: ExperimentConfig, kind: str, method: str, target: float | None, dataset: str) -> dict[str, str]:
     return {"prunebench.kind": kind, "method": method, "target": "" if target is None else f"{target:.2f}",
             "backbone": config.model.backbone, "dataset": dataset}
+
+
+def resolve_init(source: str, config: ExperimentConfig, tracking_uri: str | None) -> Path:
+    """``--from``: a local path, ``s3://...`` or ``runs:/<run_id>/<path>`` (downloaded once into
+    ``<out>/inputs/``), checked to be a prunebench checkpoint of the config's backbone."""
+    uri = resolve_tracking_uri(tracking_uri, config.out)
+    path = fetch_input(source, Path(config.out) / "inputs", uri)
+    check_backbone(path, config.model.backbone)
+    return path
 
 
 def train_stage_logged(config: ExperimentConfig, stage: str, out: str | None, init: str | None, scaling: Scaling,
@@ -56,10 +73,12 @@ def train_stage_logged(config: ExperimentConfig, stage: str, out: str | None, in
                              "init_checkpoint": str(init)})
     tic = time.perf_counter()
     try:
-        result = train_on_ray(config, stage, target, init, scaling, storage_path, max_failures=max_failures)
+        result = train_on_ray(config, stage, target, init, scaling, storage_path, max_failures=max_failures,
+                              meta={"mlflow_run_id": run})
     except BaseException:
         tracker.end(run, ok=False)
         raise
+    tracker.log_file_as(run, target, "checkpoint/model.safetensors")
     for record in result.history:
         numbers = {f"train_{k}": float(record[k]) for k in ("loss", "task_loss", "prune_loss", "keep", "lr") if k in record}
         tracker.log_metrics(run, numbers, step=int(record["step"]))
@@ -71,20 +90,41 @@ def train_stage_logged(config: ExperimentConfig, stage: str, out: str | None, in
 
 def evaluate_logged(config: ExperimentConfig, checkpoint: str, out: str | None, timing: bool = True,
                     tracking_uri: str | None = None, target: float | None = None, parent: str | None = None) -> dict[str, Any]:
-    """``prunebench eval``: full evaluation, logged as an MLflow run of kind ``eval``."""
+    """``prunebench eval``: full evaluation, logged as an MLflow run of kind ``eval`` keyed by its params."""
     meta = read_meta(checkpoint)
     metrics = evaluate_checkpoint(config, checkpoint, out, timing=timing)  # reads and checks the data
     dataset = metrics["dataset_sha256"]
+    with open(checkpoint, "rb") as handle:
+        checkpoint_sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+    method_params = {f"method.params.{k}": str(v) for k, v in metrics["params"].items()}
+    params = {**run_params(config, dataset), **method_params, "method": meta["method"], "checkpoint": str(checkpoint),
+              "checkpoint_sha256": checkpoint_sha256, "eval.seed": str(config.eval.seed), "eval.timing": str(timing)}
+    tags = _tags(config, "eval", meta["method"], target, dataset)
+    if meta.get("mlflow_run_id"):
+        tags["prunebench.train_run"] = meta["mlflow_run_id"]
     tracker = Tracker(resolve_tracking_uri(tracking_uri, config.out))
     experiment = tracker.experiment(config.name)
-    run = tracker.run(experiment, f"eval:{Path(checkpoint).resolve()}:{config.eval.seed}", name=f"eval-{meta['method']}",
-                      parent=parent, tags=_tags(config, "eval", meta["method"], target, dataset))
-    params = {f"method.params.{k}": str(v) for k, v in metrics["params"].items()}
-    tracker.log_params(run, {**run_params(config, dataset), **params, "method": meta["method"],
-                             "checkpoint": str(checkpoint), "eval.seed": str(config.eval.seed)})
+    run = tracker.run(experiment, params_key("eval", params), name=f"eval-{meta['method']}", parent=parent, tags=tags)
+    tracker.log_params(run, params)
     tracker.log_evaluation(run, metrics, Path(metrics["results"]).parent)
     tracker.end(run)
     return {**metrics, "mlflow_run_id": run}
+
+
+def report_logged(tracking_uri: str, out: str | Path, experiment: str | None,
+                  goals: tuple[float, ...]) -> dict[str, Any]:
+    """``prunebench report``: write the report, then log its files on a run of kind ``report`` in the experiment
+    it reports on (``reports`` for all experiments), one run per report folder and goals."""
+    result = write_report(tracking_uri, out, experiment, goals)
+    tracker = Tracker(tracking_uri)
+    experiment_id = tracker.experiment(experiment or "reports")
+    params = {"experiment": experiment or "*", "goals": ",".join(f"{g:g}" for g in goals), "out": str(Path(out).resolve())}
+    run = tracker.run(experiment_id, params_key("report", params), name="report", tags={"prunebench.kind": "report"})
+    tracker.log_params(run, params)
+    for path in result["files"]:
+        tracker.log_artifact(run, path, "report")
+    tracker.end(run)
+    return {**result, "mlflow_run_id": run}
 
 
 def cached_dense(config: ExperimentConfig, tracker: Tracker, parent: str | None, uri: str, address: str | None) -> DenseModel:

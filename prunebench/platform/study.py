@@ -6,7 +6,8 @@ and evaluates it. The study is multi-objective: maximise AP and minimise PKR or 
 (``<out>/optuna.db``). ASHA stops trials early on the training loss (reported
 ``reports`` times per trial). Trials are function trainables of ``cpus_per_trial`` CPUs;
 ``max_concurrent_trials`` = cluster CPUs // cpus_per_trial, so the machine is filled and never
-oversubscribed.
+oversubscribed. Trials and their checkpoints are kept under ``storage_path`` (default
+``<out>/ray_results``; on a multi-node cluster a URI such as ``s3://...``).
 
 MLflow: one experiment per study, a parent run for the sweep, a child run per trial, all written
 by the driver (``MLflowTrials``, a Tune callback); runs are keyed by study and trial id, so
@@ -69,6 +70,7 @@ def run_study(
     reports: int = 4,
     seed: int = 0,
     gpus: float | None = None,
+    storage_path: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a study; return its Pareto set (AP up, objective down) and names."""
     if objective not in OBJECTIVES:
@@ -82,7 +84,7 @@ def run_study(
         raise ConfigError(f"--from {dense_checkpoint}: dense checkpoint not found")
     name = name or f"tune-{space.method}"
     out = Path(config.out).resolve()
-    storage = str(out / "ray_results")
+    storage = storage_path or str(out / "ray_results")
     if resume:
         check_resumable(storage, name)
     _, valid_set = load_datasets(config)  # reads and checks the data before anything starts

@@ -8,32 +8,46 @@ locked"; a write that still meets a lock is retried with back-off. On an HTTP st
 taken. Ray workers never write: the driver (a Tune callback, or the command itself) does.
 
 Runs are created idempotently by tag (``prunebench.key``): a resumed study finds the parent and
-child runs it already made instead of making new ones.
+child runs it already made instead of making new ones. Every run carries MLflow's source tags
+(``mlflow.source.git.commit``, ``mlflow.user``, ``mlflow.source.name``, ``mlflow.source.type``).
+
+Inputs named by URI (``s3://...``, ``runs:/<run_id>/<path>``) are downloaded once (``fetch_input``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import getpass
+import hashlib
 import json
 import os
 import platform
+import posixpath
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import mlflow.artifacts
 import torch
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
 
 import prunebench
+from prunebench.errors import ConfigError
+from prunebench.training.checkpoint import code_commit
 
 T = TypeVar("T")
 KEY_TAG = "prunebench.key"
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 6000
+REMOTE_INPUTS = ("s3://", "runs:/", "mlflow-artifacts:/")
 
 
 def resolve_tracking_uri(explicit: str | None, out: str | Path) -> str:
@@ -57,6 +71,70 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
             text = value if isinstance(value, str) else json.dumps(value)
             out[name] = text[:MAX_PARAM_LENGTH]
     return out
+
+
+@functools.cache
+def entry_point() -> str:
+    """The command that started this process, e.g. ``prunebench benchmark`` (read once per process)."""
+    program, *args = sys.argv or ["python"]
+    if Path(program).name != "prunebench" and not program.endswith(os.path.join("prunebench", "platform", "cli.py")):
+        return Path(program).name
+    command = next((a for a in args if not a.startswith("-")), None)
+    return "prunebench" if command is None else f"prunebench {command}"
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (containers)
+        return str(os.getuid())
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's standard source tags: commit of the code version (when known), user, entry point, and
+    ``JOB`` for a submitted Ray job (Ray sets ``RAY_JOB_CONFIG_JSON_ENV_VAR`` for its entrypoint) or ``LOCAL``."""
+    tags = {"mlflow.user": _user(), "mlflow.source.name": entry_point(),
+            "mlflow.source.type": "JOB" if RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ else "LOCAL"}
+    commit = code_commit()
+    return {**tags, "mlflow.source.git.commit": commit} if commit else tags
+
+
+def params_key(kind: str, params: Mapping[str, str]) -> str:
+    """A run key (``kind:<digest>``) that changes whenever any of ``params`` does."""
+    digest = hashlib.sha256(json.dumps(sorted(params.items())).encode()).hexdigest()
+    return f"{kind}:{digest[:32]}"
+
+
+def fetch_input(source: str, folder: str | Path, tracking_uri: str, flag: str = "--from") -> Path:
+    """A local file: ``source`` itself, or ``s3://...`` / ``runs:/<run_id>/<path>`` downloaded once into
+    ``folder/<digest of source>/`` (a second call finds it there). ConfigError: one line naming it."""
+    allowed = "allowed: a local file, s3://BUCKET/KEY or runs:/<run_id>/<artifact path>"
+    if not source.startswith(REMOTE_INPUTS):
+        if "://" in source or source.startswith("runs:"):
+            raise ConfigError(f"{flag} {source}: unsupported URI; {allowed}")
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{flag} {source}: no such file; {allowed}")
+        return path
+    target = Path(folder) / hashlib.sha256(source.encode()).hexdigest()[:16]
+    if not target.is_dir():
+        _download(source, target, tracking_uri, f"{flag} {source}")
+    found = [p for p in target.iterdir() if p.is_file()]
+    if len(found) != 1:
+        raise ConfigError(f"{flag} {source}: names a folder, not one file; {allowed}")
+    return found[0]
+
+
+def _download(source: str, target: Path, tracking_uri: str, what: str) -> None:
+    """Download ``source`` into a new folder ``target`` (complete or absent: renamed into place)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.", ignore_cleanup_errors=True) as tmp:
+        try:
+            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
+        except Exception as error:  # MLflow, boto3 and the network each raise their own types
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"{what}: cannot download ({reason})") from None
+        os.replace(tmp, target)
 
 
 def hardware() -> dict[str, str]:
@@ -151,15 +229,17 @@ class Tracker:
         """The run for ``key``: found if it exists (an unfinished one is marked running again), else created
         (as a child of ``parent``)."""
 
+        all_tags = {**source_tags(), KEY_TAG: key, "mlflow.runName": name,
+                    "prunebench.version": prunebench.__version__, **(tags or {})}
+        if parent:
+            all_tags[PARENT_TAG] = parent
+
         def find_or_create() -> str:
             existing = self.find_run(experiment_id, key)
             if existing is not None:
                 if self.client.get_run(existing).info.status != "FINISHED":  # resumed: running again
                     self.client.update_run(existing, status="RUNNING")
                 return existing
-            all_tags = {KEY_TAG: key, "mlflow.runName": name, "prunebench.version": prunebench.__version__, **(tags or {})}
-            if parent:
-                all_tags[PARENT_TAG] = parent
             return self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
 
         return self._write(find_or_create)
@@ -188,6 +268,14 @@ class Tracker:
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy a file into the run's artifacts."""
         self._write(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+
+    def log_file_as(self, run_id: str, path: str | Path, artifact_file: str) -> None:
+        """Copy a file into the run's artifacts as ``artifact_file`` (e.g. ``checkpoint/model.safetensors``)."""
+        folder, name = posixpath.split(artifact_file)
+        with tempfile.TemporaryDirectory() as tmp:
+            link = Path(tmp) / name
+            link.symlink_to(Path(path).resolve())
+            self.log_artifact(run_id, link, folder or None)
 
     def log_dict(self, run_id: str, data: Any, artifact_file: str) -> None:
         """Write ``data`` as a JSON artifact of the run (no file of ours on disk)."""

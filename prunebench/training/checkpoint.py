@@ -6,7 +6,10 @@ the seed, the step, the code version and the category ids, so a checkpoint alone
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +24,53 @@ from prunebench.atomic import atomic_path
 from prunebench.errors import ConfigError
 
 
-def code_version() -> str:
-    """Package version plus the git commit of the checkout, when there is one."""
+CODE_VERSION_ENV = "PRUNEBENCH_CODE_VERSION"
+_COMMIT_IN_VERSION = re.compile(r"(?:^|[-+]g)([0-9a-f]{7,40})(?:[-.]dirty)?$")
+
+
+@functools.cache
+def _git(*args: str) -> str | None:
+    """Output of ``git ARGS`` in the package's checkout, asked once per process (the code it loaded);
+    None without git or a checkout."""
     here = Path(prunebench.__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                                text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return f"{prunebench.__version__}+g{commit}{'.dirty' if dirty else ''}"
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5,
+                              check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def code_version() -> str:
+    """``$PRUNEBENCH_CODE_VERSION`` when set (the submitter's checkout, e.g. ``git describe --always --dirty``:
+    a job submitted without ``.git`` still knows its code), else the package version plus the git commit of
+    the checkout, else the package version."""
+    pinned = os.environ.get(CODE_VERSION_ENV)
+    if pinned:
+        return pinned
+    commit = _git("rev-parse", "--short", "HEAD")
+    if commit is None:
         return prunebench.__version__
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return f"{prunebench.__version__}+g{commit}{'.dirty' if dirty else ''}"
+
+
+def code_commit() -> str | None:
+    """The git commit of the code version, when known: read from ``$PRUNEBENCH_CODE_VERSION`` (a
+    ``git describe`` output or a ``code_version()``), else the checkout's full commit."""
+    pinned = os.environ.get(CODE_VERSION_ENV)
+    if pinned:
+        found = _COMMIT_IN_VERSION.search(pinned)
+        return found.group(1) if found else None
+    return _git("rev-parse", "HEAD")
+
+
+def check_backbone(path: str | Path, backbone: str) -> dict[str, Any]:
+    """The metadata of a prunebench checkpoint trained with ``backbone``; ConfigError otherwise."""
+    meta = read_meta(path)
+    found = meta.get("config", {}).get("model", {}).get("backbone")
+    if found != backbone:
+        raise ConfigError(f"{path}: a checkpoint of backbone {found}; allowed: the config's backbone {backbone}")
+    return meta
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
