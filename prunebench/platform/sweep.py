@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -20,7 +21,7 @@ from ray import tune
 
 from prunebench.config import ExperimentConfig
 from prunebench.errors import ConfigError
-from prunebench.platform.trial import Describe, trial_trainable
+from prunebench.platform.trial import Describe, trial_function
 from prunebench.typed import to_dict
 
 
@@ -51,13 +52,17 @@ def check_resumable(storage: str, name: str) -> None:
 
 def run_sweep(sweep: Sweep, config: ExperimentConfig, dense: str, storage: str, callbacks: list[tune.Callback],
               resume: bool = False) -> tune.ResultGrid:
-    """Run (or resume) the sweep's trials; every trial fine-tunes from ``dense`` and evaluates."""
+    """Run (or resume) the sweep's trials; every trial fine-tunes from ``dense`` (its bytes travel through Ray's
+    object store to whichever node runs the trial) and evaluates."""
     # intermediate reports carry the training windows; AP / PKR / GMACs exist only once a trial has
     # been evaluated, so Tune must not demand the searcher's metrics in every report
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     resources = {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial}
-    trainable = tune.with_resources(trial_trainable(to_dict(config), sweep.describe, dense, sweep.cpus_per_trial),
-                                    resources)
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_function, experiment=to_dict(config), describe=sweep.describe,
+                             dense=Path(dense).read_bytes(), threads=sweep.cpus_per_trial),
+        resources,
+    )
     path = experiment_path(storage, sweep.name)
     if resume:
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)

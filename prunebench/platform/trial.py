@@ -145,13 +145,14 @@ def run_trial(config: ExperimentConfig, spec: TrialSpec, dense: str, threads: in
                     checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def trial_trainable(experiment: dict[str, Any], describe: Describe, dense: str, threads: int) -> Callable[[dict[str, Any]], None]:
-    """The Tune function trainable of a sweep (picklable: a config dict, a describer, the dense path)."""
-
-    def trainable(config: dict[str, Any]) -> None:
-        run_trial(load_config(experiment), describe(config), dense, threads)
-
-    return trainable
+def trial_function(config: dict[str, Any], experiment: dict[str, Any], describe: Describe, dense: bytes,
+                   threads: int) -> None:
+    """The Tune function trainable of every sweep: ``dense`` arrives through Ray's object store
+    (``tune.with_parameters``), so a trial on any node reads the same checkpoint, not the driver's disk."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / WEIGHTS
+        path.write_bytes(dense)
+        run_trial(load_config(experiment), describe(config), str(path), threads)
 
 
 def final_report(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
