@@ -17,7 +17,6 @@ their own id) never makes a second run for a trial.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,6 @@ from prunebench.training.checkpoint import code_version
 from prunebench.training.protocol import load_datasets
 from prunebench.typed import to_dict
 
-log = logging.getLogger(__name__)
 OBJECTIVES = ("pkr", "gmacs")
 
 
