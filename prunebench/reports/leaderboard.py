@@ -236,6 +236,16 @@ class Leaderboard:
     settings: list[SettingRow]
     goals: list[GoalRow]
 
+    def nearest(self, method: str, goal: float) -> SettingRow | None:
+        """The method's setting whose mean measured PKR is nearest ``goal``."""
+        return nearest_setting(self.settings, method, goal)
+
+
+def nearest_setting(settings: list[SettingRow], method: str, goal: float) -> SettingRow | None:
+    """Among ``settings``, the method's one whose mean measured PKR is nearest ``goal`` (None if it has none)."""
+    own = [s for s in settings if s.method == method and s.mean.get("pkr") is not None]
+    return min(own, key=lambda s: abs(s.mean["pkr"] - goal), default=None)
+
 
 def _seed_point(runs: list[EvalRun], goal: float) -> SeedPoint | None:
     points = [r for r in runs if "pkr" in r.metrics and "AP" in r.metrics]
@@ -258,9 +268,8 @@ def _goal_row(method: str, goal: float, runs: list[EvalRun], settings: list[Sett
     for run in runs:
         by_seed[run.seed].append(run)
     points = {seed: _seed_point(seed_runs, goal) for seed, seed_runs in by_seed.items()}
-    own = [s for s in settings if s.method == method and s.mean.get("pkr") is not None]
-    nearest = min(own, key=lambda s: abs(s.mean["pkr"] - goal), default=None)
-    row = GoalRow(method, goal, {s: p for s, p in points.items() if p is not None}, len(by_seed), nearest)
+    row = GoalRow(method, goal, {s: p for s, p in points.items() if p is not None}, len(by_seed),
+                  nearest_setting(settings, method, goal))
     if row.bracketed:
         values = [p.ap for p in row.seeds.values()]
         row.ap_at_goal, row.ap_ci = mean_ci(values)

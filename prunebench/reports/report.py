@@ -31,7 +31,6 @@ from prunebench.reports.leaderboard import (  # noqa: E402
     BLOCKS,
     EvalRun,
     Leaderboard,
-    SettingRow,
     build_leaderboards,
     fetch_runs,
     markdown,
@@ -93,17 +92,12 @@ def pareto_figure(board: Leaderboard, runs: list[EvalRun], axis: str) -> tuple[b
     return png_bytes(figure), fronts
 
 
-def _nearest(board: Leaderboard, method: str, goal: float) -> SettingRow | None:
-    own = [r for r in board.settings if r.method == method and r.mean.get("pkr") is not None]
-    return min(own, key=lambda r: abs(r.mean["pkr"] - goal), default=None)
-
-
 def density_figure(board: Leaderboard, goals: tuple[float, ...]) -> bytes:
     """Fraction of tokens entering each block per method, at the setting nearest each goal (the paper's Fig. 5)."""
     methods = sorted({r.method for r in board.settings})
     figure, axes = plt.subplots(1, max(1, len(goals)), figsize=(5 * max(1, len(goals)), 3.6), squeeze=False)
     for ax, goal in zip(axes[0], sorted(goals, reverse=True)):
-        rows = [board.dense] + [r for r in (_nearest(board, m, goal) for m in methods) if r is not None]
+        rows = [board.dense] + [r for r in (board.nearest(m, goal) for m in methods) if r is not None]
         for row in rows:
             keeps = [r.per_block_keep for r in row.runs if r.per_block_keep]
             if not keeps:
@@ -137,7 +131,7 @@ def diagnostics_table(board: Leaderboard, goals: tuple[float, ...]) -> list[dict
     records = []
     for goal in sorted(goals, reverse=True):
         for method in sorted({r.method for r in board.settings}):
-            row = _nearest(board, method, goal)
+            row = board.nearest(method, goal)
             if row is None:
                 continue
             record: dict[str, Any] = {"goal": goal, "method": method, "setting": row.setting}
