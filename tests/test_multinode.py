@@ -50,7 +50,8 @@ def test_sweep_submitted_to_a_two_node_cluster(tmp_path):
         client = MlflowClient(tracking)
         experiment = client.get_experiment_by_name("multinode")
         parent = client.search_runs([experiment.experiment_id], filter_string="tags.`prunebench.kind` = 'study'")
-        children = client.search_runs([experiment.experiment_id], filter_string="tags.`prunebench.kind` = 'eval'")
+        # every trial's run, evaluated or stopped early by ASHA (kind "stopped")
+        children = client.search_runs([experiment.experiment_id], filter_string="tags.`prunebench.sweep` = 'multinode'")
         assert len(parent) == 1 and len(children) == 2
         assert all(c.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for c in children)
         assert len({c.data.tags["node_id"] for c in children}) == 2  # one trial on each node
