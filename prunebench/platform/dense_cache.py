@@ -33,11 +33,8 @@ def cache_root() -> Path:
 
 
 def _file_hash(path: str) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def dense_key(config: ExperimentConfig, train: YTVISDataset, valid: YTVISDataset) -> str:
