@@ -60,7 +60,12 @@ def test_study_resumes_after_its_driver_is_killed(dense):
     resumed = cli(["tune", "dynamicvit", "--config", config, "--from", result["checkpoint"], "--num-samples", "4",
                    "--name", name, "--set", "eval.threads=2", "--resume", "--json"])
     assert resumed["trials"] == 4
-    children = _trial_runs(client, name)
+    runs = _trial_runs(client, name)
+    # a trial the killed driver ran before Tune saved it is unknown to the restored study, whose searcher
+    # draws it again: the first run is tagged abandoned (ended KILLED if it was running), never counted
+    abandoned = [r for r in runs if r.data.tags["prunebench.kind"] == "abandoned"]
+    assert all(r.info.status in ("KILLED", "FINISHED") for r in abandoned)
+    children = [r for r in runs if r not in abandoned]
     trial_ids = [r.data.tags["trial_id"] for r in children]
     assert len(trial_ids) == len(set(trial_ids)) == resumed["trials"]  # no trial lost, none twice
     assert all(r.info.status == "FINISHED" for r in children)

@@ -155,6 +155,7 @@ def run_benchmark(config: ExperimentConfig, resume: bool = False, tracking_uri: 
         log_final(tracker, run, result.metrics, result.checkpoint)
         if result.metrics.get("evaluated") and result.checkpoint is not None:
             timed.append((run, result.checkpoint))
+    callback.abandon_orphans({r.metrics["trial_id"] for r in results if r.metrics and "trial_id" in r.metrics})
     log.info("[3/4] %d models evaluated; timing every one after another", len(timed))
     time_models(config, tracker, timed, gpus)
     report = write_report(uri, out / "report", experiment=config.name, goals=config.benchmark.goals)

@@ -121,6 +121,7 @@ def run_study(
         if metrics.get("evaluated"):
             rows.append({"trial_id": metrics["trial_id"], "AP": metrics["AP"], "pkr": metrics["pkr"],
                          "gmacs": metrics["gmacs"], "params": space.method_params(result.config)})
+    callback.abandon_orphans({r.metrics["trial_id"] for r in grid if r.metrics and "trial_id" in r.metrics})
     best = pareto_front(rows, maximize="AP", minimize=objective)
     tracker.log_metrics(parent, {"trials": float(len(grid)), "evaluated_trials": float(len(rows)),
                                  "pareto_size": float(len(best))})

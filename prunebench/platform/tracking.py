@@ -281,10 +281,10 @@ class Tracker:
         """Write ``data`` as a JSON artifact of the run (no file of ours on disk)."""
         self._write(lambda: self.client.log_dict(run_id, data, artifact_file))
 
-    def end(self, run_id: str, ok: bool = True) -> None:
-        """Mark a run FINISHED (or FAILED)."""
-        status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
-        self._write(lambda: self.client.set_terminated(run_id, status=status))
+    def end(self, run_id: str, ok: bool = True, killed: bool = False) -> None:
+        """Mark a run FINISHED (or FAILED; or KILLED when ``killed``: it was abandoned, not broken)."""
+        status = RunStatus.KILLED if killed else RunStatus.FINISHED if ok else RunStatus.FAILED
+        self._write(lambda: self.client.set_terminated(run_id, status=RunStatus.to_string(status)))
 
     def log_evaluation(self, run_id: str, metrics: Mapping[str, Any], folder: str | Path) -> None:
         """Final metrics of an evaluation plus its files (results, metrics, config, keep-mask picture)."""

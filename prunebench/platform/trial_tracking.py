@@ -9,7 +9,11 @@ checkpoint is read from Ray's storage (the output folder or a cloud URI), never 
 A trial that ends without an evaluation (stopped early by ASHA) is tagged ``stopped_early`` and gets
 ``prunebench.kind = stopped``, so no leaderboard counts it. Runs are keyed by sweep and trial id:
 a resumed sweep finds its runs again, and ``log_final`` is idempotent (tag ``prunebench.logged``),
-so the driver can reconcile after ``Tuner.fit`` what a killed driver did not log.
+so the driver can reconcile after ``Tuner.fit`` what a killed driver did not log. A trial the killed
+driver had started but had not yet written into Tune's experiment state is unknown to the restored
+sweep (its searcher draws that trial again under a new id): ``abandon_orphans`` tags such a run
+``prunebench.kind = abandoned`` (ending it KILLED if it was running), so it is neither left RUNNING
+nor counted twice.
 """
 
 from __future__ import annotations
@@ -96,6 +100,19 @@ class MLflowTrials(tune.Callback):
                 "method": spec.method, "seed": str(spec.seed), **spec.tags}
         return self.tracker.run(self.experiment_id, trial_run_key(self.sweep, trial_id), name=f"{spec.label}-{trial_id}",
                                 parent=self.parent, tags=tags)
+
+    def abandon_orphans(self, trial_ids: set[str]) -> list[str]:
+        """After ``Tuner.fit`` and the reconciliation: mark every run of this sweep whose trial is not among the
+        sweep's ``trial_ids`` as kind ``abandoned`` (ending it KILLED if it was still running), so a trial the
+        restored sweep does not know is neither left RUNNING nor counted twice; returns their run ids."""
+        runs = self.tracker.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`prunebench.sweep` = '{self.sweep}'")
+        orphans = [r for r in runs if r.data.tags.get("trial_id") not in trial_ids and r.info.status != "FAILED"]
+        for run in orphans:
+            self.tracker.set_tags(run.info.run_id, {"prunebench.kind": "abandoned"})
+            if run.info.status == "RUNNING":
+                self.tracker.end(run.info.run_id, killed=True)
+        return [run.info.run_id for run in orphans]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         spec = self.describe(trial.config)
