@@ -35,8 +35,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
-import tempfile
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from prunebench.atomic import check_folder_target, staged_folder
 from prunebench.errors import ConfigError
 
 CATEGORIES = [
@@ -381,26 +380,20 @@ def generate(out: str | os.PathLike[str], spec: SynthSpec, overwrite: bool = Fal
     if workers < 1:
         raise ConfigError(f"--workers {workers}: allowed: an integer >= 1")
     target = Path(out)
+    check_folder_target(target)
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise ConfigError(f"{target}: folder exists and is not empty; allowed: a new folder, or --overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     # fork: the workers only draw with numpy/PIL/pycocotools, and forking skips re-importing torch
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if workers > 1 else None
     try:
-        train_seed, valid_seed = np.random.SeedSequence(spec.seed).spawn(2)
-        splits = {
-            "train": _write_split(staging, "train", spec.videos, spec, train_seed, pool),
-            "valid": _write_split(staging, "valid", spec.valid_videos, spec, valid_seed, pool),
-        }
-        record = {"spec": spec.record(), "splits": splits}
-        (staging / "splits.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with staged_folder(target, replace=True) as staging:
+            train_seed, valid_seed = np.random.SeedSequence(spec.seed).spawn(2)
+            splits = {
+                "train": _write_split(staging, "train", spec.videos, spec, train_seed, pool),
+                "valid": _write_split(staging, "valid", spec.valid_videos, spec, valid_seed, pool),
+            }
+            record = {"spec": spec.record(), "splits": splits}
+            (staging / "splits.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     finally:
         if pool is not None:
             pool.shutdown()

@@ -277,7 +277,7 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config, parse_assignments(args.overrides))
     if args.frames < 1 or args.warmup < 0:
         raise ConfigError(f"--frames {args.frames} / --warmup {args.warmup}: allowed: frames >= 1, warmup >= 0")
-    _, valid = load_datasets(config)
+    _, valid = load_datasets(config, need=("valid",))
     torch.set_num_threads(config.eval.threads)
     frames = list(itertools.islice(cycled_frames(valid.videos, config.data.max_size), args.frames + args.warmup))
     calibration = [f for _, f in frames[:2]]
@@ -328,8 +328,10 @@ def _run_tune(args: argparse.Namespace) -> dict[str, Any]:
         from prunebench.platform.ray_train import connect
         from prunebench.platform.tracking import Tracker
         from prunebench.search_spaces.loader import load_space
+        from prunebench.training.protocol import load_datasets
 
         load_space(args.space)  # a bad space stops before the dense model is trained
+        load_datasets(config)  # and bad or empty splits before Ray starts
         connect(args.address)
         dense = str(cached_dense(config, Tracker(uri), None, uri, args.address).checkpoint)
     return run_study(args.space, config, dense, uri,
@@ -353,9 +355,27 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_report)
 
 
+def _report_store(explicit: str | None, out: str) -> str:
+    """The store ``report`` reads: ``--tracking-uri``, ``$MLFLOW_TRACKING_URI`` or ``<out>/mlflow.db``, checked to
+    exist and answer (see ``platform/stores.py``: reading creates no store and waits on no dead server)."""
+    from prunebench.platform.stores import check_existing_store
+
+    if explicit:
+        named, uri = f"--tracking-uri {explicit}", explicit
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        uri = os.environ["MLFLOW_TRACKING_URI"]
+        named = f"MLFLOW_TRACKING_URI={uri}"
+    else:
+        db = Path(out) / "mlflow.db"
+        if not db.is_file():
+            raise ConfigError(f"no MLflow store: pass --tracking-uri or set MLFLOW_TRACKING_URI ({db} does not exist)")
+        uri = named = f"sqlite:///{db.resolve()}"
+    check_existing_store(uri, named)
+    return uri
+
+
 def _run_report(args: argparse.Namespace) -> dict[str, Any]:
-    from prunebench.platform.runs import report_logged
-    from prunebench.platform.tracking import resolve_tracking_uri
+    from prunebench.atomic import check_folder_target
 
     try:
         targets = tuple(float(t) for t in args.targets.split(","))
@@ -363,12 +383,10 @@ def _run_report(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--goals {args.targets}: allowed: comma-separated PKR fractions, e.g. 0.55,0.40") from None
     if not all(0 < t < 1 for t in targets):
         raise ConfigError(f"--goals {args.targets}: allowed: fractions in (0, 1)")
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri is None:
-        db = Path(args.out) / "mlflow.db"
-        if not db.exists():
-            raise ConfigError(f"no MLflow store: pass --tracking-uri or set MLFLOW_TRACKING_URI ({db} does not exist)")
-        uri = resolve_tracking_uri(None, args.out)
+    uri = _report_store(args.tracking_uri, args.out)
+    check_folder_target(args.out, "--out")
+    from prunebench.platform.runs import report_logged  # Ray and MLflow: imported once the inputs passed
+
     result = report_logged(uri, args.out, args.experiment, targets)
     print(result.pop("markdown"), file=sys.stderr if args.json else sys.__stdout__, flush=True)
     return result

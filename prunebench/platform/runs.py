@@ -60,7 +60,7 @@ def train_stage_logged(config: ExperimentConfig, stage: str, out: str | None, in
                        storage_path: str | None, address: str | None, tracking_uri: str | None,
                        max_failures: int = 3, parent: str | None = None) -> dict[str, Any]:
     """``prunebench train`` / ``finetune``: one stage on Ray Train, logged as one MLflow run."""
-    train_set, _ = load_datasets(config)
+    train_set, _ = load_datasets(config, need=("train",))
     method = "dense" if stage == "train" else config.method.name
     target = Path(out or Path(config.out) / f"{method}.safetensors").resolve()
     connect(address)

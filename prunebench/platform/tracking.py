@@ -40,6 +40,7 @@ from mlflow.tracking import MlflowClient
 from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
 
 import prunebench
+from prunebench.atomic import staged_folder
 from prunebench.errors import ConfigError
 from prunebench.training.checkpoint import code_commit
 
@@ -127,14 +128,12 @@ def fetch_input(source: str, folder: str | Path, tracking_uri: str, flag: str = 
 
 def _download(source: str, target: Path, tracking_uri: str, what: str) -> None:
     """Download ``source`` into a new folder ``target`` (complete or absent: renamed into place)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.", ignore_cleanup_errors=True) as tmp:
+    with staged_folder(target) as tmp:
         try:
-            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
+            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=tracking_uri)
         except Exception as error:  # MLflow, boto3 and the network each raise their own types
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ConfigError(f"{what}: cannot download ({reason})") from None
-        os.replace(tmp, target)
 
 
 def hardware() -> dict[str, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,18 +41,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_datasets(config: ExperimentConfig) -> tuple[YTVISDataset, YTVISDataset]:
+def load_datasets(config: ExperimentConfig, need: Collection[str] = ("train", "valid")) -> tuple[YTVISDataset, YTVISDataset]:
     """The validated train and valid splits; generates the synthetic set first if configured and absent.
 
-    Splits that read one frame folder must not share a video (ConfigError naming the shared ids).
+    The splits named in ``need`` (``train``, ``valid``: those the command uses) must have a frame, and
+    splits that read one frame folder must not share a video (ConfigError naming the split or the shared ids).
     """
     root = Path(config.data.root)
     if config.data.synth is not None and not (root / "annotations").is_dir():
         log.info("generating synthetic videos in %s", root)
         generate(root, config.data.synth)
-    train, valid = YTVISDataset(root, config.data.train_split), YTVISDataset(root, config.data.valid_split)
-    check_disjoint(train, valid)
-    return train, valid
+    splits = {"train": YTVISDataset(root, config.data.train_split), "valid": YTVISDataset(root, config.data.valid_split)}
+    for role in need:
+        splits[role].check_not_empty(f"data.{role}_split")
+    check_disjoint(splits["train"], splits["valid"])
+    return splits["train"], splits["valid"]
 
 
 def build_model(config: ExperimentConfig, num_classes: int, method: str, params: dict[str, Any]) -> VISModel:
@@ -77,7 +80,7 @@ class PreparedStage:
 def prepare_stage(config: ExperimentConfig, stage: str, init_checkpoint: str | Path | None = None) -> PreparedStage:
     """Seed, read and check the data, build the model (loading the dense checkpoint when fine-tuning)."""
     seed_everything(config.seed)
-    train_set, valid_set = load_datasets(config)
+    train_set, valid_set = load_datasets(config, need=("train",))  # a trial's valid split was checked by its driver
     method, params = ("dense", {}) if stage == "train" else (config.method.name, config.method.params)
     model = build_model(config, len(train_set.categories), method, params)
     if init_checkpoint is not None:
@@ -141,7 +144,7 @@ def evaluate_checkpoint(config: ExperimentConfig, checkpoint: str | Path, out: s
     """
     loaded = read_checkpoint(checkpoint)
     meta = loaded.meta
-    _, valid_set = load_datasets(config)
+    _, valid_set = load_datasets(config, need=("valid",))
     model = load_model(config, loaded, len(valid_set.categories))
     evaluation = evaluate(model, valid_set, config.eval, config.data.max_size, config.device, timing=timing)
     metrics = evaluation.metrics
