@@ -20,6 +20,7 @@ import yaml
 
 from prunebench.data.synth import SynthSpec
 from prunebench.errors import ConfigError
+from prunebench.models.registry import AdapterName
 from prunebench.models.vis_model import HeadConfig
 from prunebench.training.convergence import ConvergenceRule
 from prunebench.typed import build_dataclass
@@ -41,9 +42,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Backbone and head."""
+    """Backbone and head. ``adapter``: ``none`` (the ViT's map through a simple pyramid) or
+    ``vit_adapter`` (ViT-Adapter around the ViT, its pyramid feeding the head)."""
 
     backbone: str = "vit_tiny"
+    adapter: AdapterName = "none"
     pretrained: str | None = None  # a local timm ViT checkpoint (safetensors or torch file)
     drop_path_rate: float = 0.0
     head: HeadConfig = field(default_factory=HeadConfig)

@@ -1,9 +1,10 @@
-"""The VIS network: PrunableViT → simple pyramid → Mask2Former (transformers) per frame.
+"""The VIS network: PrunableViT → pyramid → Mask2Former (transformers) per frame.
 
 The Mask2Former pixel decoder, masked-attention transformer decoder and loss (Hungarian
 matching, class + mask BCE + dice on sampled points) are transformers' own. Its backbone is
-replaced by a stand-in that returns the strides 4/8/16/32 maps a ViTDet-style simple pyramid
-builds from the PrunableViT's dense stride-16 map (docs/platform.md §3).
+replaced by a stand-in that returns the strides 4/8/16/32 maps: those a ViTDet-style simple pyramid
+builds from the PrunableViT's dense stride-16 map (docs/platform.md §3), or, when the backbone has a
+ViT-Adapter, the adapter's own 4-level output (D channels each).
 """
 
 from __future__ import annotations
@@ -86,13 +87,18 @@ class FrameOutput:
 
 
 class VISModel(nn.Module):
-    """PrunableViT + pyramid + Mask2Former; one call = one frame of each stream in the batch."""
+    """PrunableViT + pyramid + Mask2Former; one call = one frame of each stream in the batch.
+
+    The pyramid is a ``SimplePyramid`` for a plain backbone, None for one with an adapter (whose
+    output already is a pyramid).
+    """
 
     def __init__(self, backbone: PrunableViT, num_classes: int, head: HeadConfig = HeadConfig()):
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
-        self.pyramid = SimplePyramid(backbone.embed_dim, head.hidden_dim)
+        self.pyramid = SimplePyramid(backbone.embed_dim, head.hidden_dim) if backbone.adapter is None else None
+        channels = self.pyramid.channels if self.pyramid is not None else [backbone.embed_dim] * 4
         config = Mask2FormerConfig(
             backbone_config=SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
                                        out_features=["stage1", "stage2", "stage3", "stage4"]),
@@ -105,8 +111,8 @@ class VISModel(nn.Module):
         )
         self.head = Mask2FormerForUniversalSegmentation(config)
         pixel_module = self.head.model.pixel_level_module
-        pixel_module.encoder = _PrecomputedFeatures(self.pyramid.channels)
-        pixel_module.decoder = Mask2FormerPixelDecoder(config, feature_channels=self.pyramid.channels)
+        pixel_module.encoder = _PrecomputedFeatures(channels)
+        pixel_module.decoder = Mask2FormerPixelDecoder(config, feature_channels=channels)
         # a module built after the model was constructed misses transformers' weight init:
         # without this its parameters are uninitialised memory (level_embed ~1e38, NaN offsets)
         for module in pixel_module.decoder.modules():
@@ -127,8 +133,9 @@ class VISModel(nn.Module):
 
     def decode(self, images: Tensor, backbone_out: BackboneOutput,
                targets: list[tuple[Tensor, Tensor]] | None = None) -> FrameOutput:
-        """Run the pyramid and Mask2Former on a backbone output."""
-        self.head.model.pixel_level_module.encoder.maps = self.pyramid(backbone_out.features)
+        """Run the pyramid (the adapter's, if any) and Mask2Former on a backbone output."""
+        maps = backbone_out.pyramid if self.pyramid is None else self.pyramid(backbone_out.features)
+        self.head.model.pixel_level_module.encoder.maps = maps
         kwargs = {}
         if targets is not None:
             kwargs = {"mask_labels": [m for m, _ in targets], "class_labels": [c for _, c in targets]}

@@ -12,12 +12,16 @@ Two execution paths compute the same function:
 
 Either way the output is the dense ``h×w`` map of all tokens, plus the keep mask entering each
 block.
+
+With ``adapter="vit_adapter"`` (``prunebench.models.adapter``) the ViT-Adapter's injectors update the
+full token map before the first block of each interaction stage, pruned tokens included, on both
+paths; its extractors read the full map after each stage; the output adds its 4-level pyramid.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import timm
 import torch
@@ -25,13 +29,14 @@ from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
 from prunebench.errors import ConfigError
+from prunebench.models.adapter import ViTAdapter
 from prunebench.models.pruning import (
     Candidates,
     FrameContext,
     PruningMethod,
     StageRecord,
 )
-from prunebench.models.registry import backbone_spec, build_method
+from prunebench.models.registry import AdapterName, backbone_spec, build_method
 
 PATCH_SIZE = 16
 Path = Literal["masked", "gather"]
@@ -48,6 +53,7 @@ class BackboneOutput:
             keeps none).
         records: one ``StageRecord`` per pruning position, in order.
         loss: the method's auxiliary loss (training mode), else None.
+        pyramid: with an adapter, its strides 4/8/16/32 maps ``(B, D, ·, ·)``; else None.
     """
 
     features: Tensor
@@ -55,6 +61,7 @@ class BackboneOutput:
     state: dict[str, Any] | None
     records: list[StageRecord]
     loss: Tensor | None
+    pyramid: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
 
 def check_image_size(height: int, width: int) -> None:
@@ -104,10 +111,14 @@ def _scatter(x: Tensor, index: Tensor, values: Tensor) -> Tensor:
 
 
 class PrunableViT(nn.Module):
-    """A timm ``VisionTransformer`` without class token whose tokens a ``PruningMethod`` prunes."""
+    """A timm ``VisionTransformer`` without class token whose tokens a ``PruningMethod`` prunes,
+    optionally inside a ViT-Adapter (``adapter="vit_adapter"``)."""
 
-    def __init__(self, backbone: str, method: PruningMethod, drop_path_rate: float = 0.0):
+    def __init__(self, backbone: str, method: PruningMethod, drop_path_rate: float = 0.0,
+                 adapter: AdapterName = "none"):
         super().__init__()
+        if adapter not in get_args(AdapterName):
+            raise ConfigError(f"unknown adapter '{adapter}'; allowed: {', '.join(get_args(AdapterName))}")
         timm_name, dim, _, depth = backbone_spec(backbone)
         if method.dim != dim or method.depth != depth:
             raise ConfigError(
@@ -127,6 +138,8 @@ class PrunableViT(nn.Module):
         self.method = method
         self.embed_dim = dim
         self.depth = depth
+        self.adapter_name = adapter
+        self.adapter = ViTAdapter(dim, depth, drop_path_rate) if adapter == "vit_adapter" else None
 
     def embed(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """Patch-embed and add position embeddings resized (bicubic) to the image's grid."""
@@ -162,6 +175,7 @@ class PrunableViT(nn.Module):
         """
         path = path or ("masked" if self.training else "gather")
         x, grid = self.embed(images)
+        interaction = self.adapter.start(images, grid) if self.adapter is not None else None
         batch, num_tokens, _ = x.shape
         method = self.method
         ctx = FrameContext(
@@ -172,6 +186,8 @@ class PrunableViT(nn.Module):
         plan: tuple[Tensor | None, Tensor | None] = (None, None)
         block_keep = []
         for i, block in enumerate(self.vit.blocks):
+            if interaction is not None:
+                x = interaction.before_block(i, x)  # every token, pruned ones included
             if i in observed:
                 method.observe(i, x, self._full(active, x), ctx)
             if i in positions:
@@ -179,6 +195,8 @@ class PrunableViT(nn.Module):
                 plan = _gather_plan(active) if path == "gather" else (None, None)
             block_keep.append(self._full(active, x))
             x = self._run_masked(block, x, active) if path == "masked" else self._run_gathered(block, x, plan)
+            if interaction is not None:
+                interaction.after_block(i, x)
         if self.depth in observed:
             method.observe(self.depth, x, self._full(active, x), ctx)
         x = self.vit.norm(x)
@@ -190,6 +208,7 @@ class PrunableViT(nn.Module):
             state=ctx.state_out or None,
             records=ctx.records,
             loss=method.loss(ctx) if self.training else None,
+            pyramid=interaction.pyramid(features) if interaction is not None else None,
         )
 
     @staticmethod
@@ -250,10 +269,11 @@ def create_backbone(
     method: str = "dense",
     params: dict[str, Any] | None = None,
     drop_path_rate: float = 0.0,
+    adapter: AdapterName = "none",
 ) -> PrunableViT:
-    """Build a PrunableViT with a registered pruning method (parameters validated)."""
+    """Build a PrunableViT with a registered pruning method (parameters validated) and optional adapter."""
     _, dim, _, depth = backbone_spec(backbone)
-    return PrunableViT(backbone, build_method(method, params, dim, depth), drop_path_rate=drop_path_rate)
+    return PrunableViT(backbone, build_method(method, params, dim, depth), drop_path_rate=drop_path_rate, adapter=adapter)
 
 
 def load_timm_weights(model: PrunableViT, path: str) -> None:

@@ -47,7 +47,9 @@ def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _add_flops(sub: argparse._SubParsersAction) -> None:
-    from prunebench.models.registry import BACKBONES
+    from typing import get_args
+
+    from prunebench.models.registry import BACKBONES, AdapterName
 
     p = sub.add_parser(
         "flops",
@@ -60,6 +62,9 @@ def _add_flops(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--backbone", default="vit_small", help=f"one of {', '.join(sorted(BACKBONES))}")
     p.add_argument("--method", default="dense", help="a registered pruning method")
+    p.add_argument("--adapter", default="none", choices=get_args(AdapterName),
+                   help="none (plain ViT) or vit_adapter (ViT-Adapter around it, counted in gmacs and reported "
+                        "alone as gmacs_adapter, adapter_params)")
     p.add_argument("--set", dest="params", action="append", default=[], metavar="PARAM=VALUE",
                    help="a method parameter, e.g. --set rho=0.7 (repeatable)")
     p.add_argument("--img-size", nargs=2, type=int, default=[224, 224], metavar=("H", "W"))
@@ -83,6 +88,7 @@ def _run_flops(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         split=args.split,
         max_frames=args.max_frames,
+        adapter=args.adapter,
     )
 
 
@@ -281,10 +287,12 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(config.eval.threads)
     frames = list(itertools.islice(cycled_frames(valid.videos, config.data.max_size), args.frames + args.warmup))
     calibration = [f for _, f in frames[:2]]
-    models = {m: preset_model(config.model.backbone, m, args.target, calibration, args.calibration_steps, config.seed)
+    models = {m: preset_model(config.model.backbone, m, args.target, calibration, args.calibration_steps, config.seed,
+                              config.model.adapter)
               for m in ["dense", *pruning_methods()]}
     rows = compare(models, frames, args.warmup)
-    return {**rows, "settings": {"backbone": config.model.backbone, "target": args.target, "frames": args.frames,
+    return {**rows, "settings": {"backbone": config.model.backbone, "adapter": config.model.adapter,
+                                 "target": args.target, "frames": args.frames,
                                  "warmup": args.warmup, "threads": config.eval.threads,
                                  "frame_size": list(frames[0][1].shape[-2:]), "unit": "GMACs (multiply-accumulates)"}}
 

@@ -60,7 +60,7 @@ def load_datasets(config: ExperimentConfig, need: Collection[str] = ("train", "v
 
 def build_model(config: ExperimentConfig, num_classes: int, method: str, params: dict[str, Any]) -> VISModel:
     """The VIS model with ``method`` (parameters validated), on the configured device."""
-    backbone = create_backbone(config.model.backbone, method, params, config.model.drop_path_rate)
+    backbone = create_backbone(config.model.backbone, method, params, config.model.drop_path_rate, config.model.adapter)
     if config.model.pretrained:
         load_timm_weights(backbone, config.model.pretrained)
     return VISModel(backbone, num_classes, config.model.head).to(config.device)
