@@ -143,7 +143,7 @@ def test_controls_have_no_parameters_loss_or_image_dependence(method):
 
 
 def test_controls_reject_the_learned_selectors_parameters():
-    with pytest.raises(ConfigError, match="unknown parameter 'tau' for method 'random'; allowed: rho, positions"):
+    with pytest.raises(ConfigError, match="random: unknown key 'tau'; allowed: rho, positions"):
         build_method("random", {"tau": 1.0}, 192, 12)
 
 

@@ -15,7 +15,7 @@ from prunebench.evaluation.accounting import TokenAccountant
 from prunebench.evaluation.flops import backbone_cost
 from prunebench.models.registry import AdapterName
 from prunebench.models.vit import check_image_size, create_backbone
-from prunebench.typed import to_dict
+from prunebench.validation import to_dict
 
 MAC_UNIT = "GMACs (multiply-accumulates, fvcore convention; GFLOPs = 2 x GMACs)"
 

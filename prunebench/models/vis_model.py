@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 from transformers import (
     Mask2FormerConfig,
@@ -23,23 +24,23 @@ from transformers.models.mask2former.modeling_mask2former import Mask2FormerPixe
 from transformers.utils import ModelOutput
 
 from prunebench.models.vit import BackboneOutput, PrunableViT
+from prunebench.validation import ConfigModel
 
 
-@dataclass(frozen=True)
-class HeadConfig:
-    """Size of the Mask2Former head (defaults: a small head for CPU runs)."""
+class HeadConfig(ConfigModel):
+    """Size of the Mask2Former head (defaults: a small head for CPU runs); a config section (``model.head``)."""
 
-    num_queries: int = 10
-    hidden_dim: int = 64
-    decoder_layers: int = 3
-    pixel_decoder_layers: int = 2
-    heads: int = 4
-    feedforward_dim: int = 256
-    train_points: int = 1024
-    class_weight: float = 2.0
-    mask_weight: float = 5.0
-    dice_weight: float = 5.0
-    no_object_weight: float = 0.1
+    num_queries: int = Field(10, ge=1)
+    hidden_dim: int = Field(64, ge=1)
+    decoder_layers: int = Field(3, ge=1)
+    pixel_decoder_layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    feedforward_dim: int = Field(256, ge=1)
+    train_points: int = Field(1024, ge=1)
+    class_weight: float = Field(2.0, ge=0)
+    mask_weight: float = Field(5.0, ge=0)
+    dice_weight: float = Field(5.0, ge=0)
+    no_object_weight: float = Field(0.1, ge=0)
 
 
 class SimplePyramid(nn.Module):

@@ -41,8 +41,9 @@ def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"--set expects PARAM=VALUE, got '{item}'")
         try:
             out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: cannot parse value '{value}' (YAML syntax)") from None
+        except yaml.YAMLError as error:
+            problem = " ".join(str(getattr(error, "problem", None) or "syntax error").split())
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({problem})") from None
     return out
 
 
@@ -133,11 +134,11 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 def _run_synth(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.data.synth import SynthSpec, generate
+    from prunebench.validation import validated
 
-    spec = SynthSpec(videos=args.videos, valid_videos=args.valid_videos, frames=args.frames, height=args.height,
-                     width=args.width, seed=args.seed, scene_cut_prob=args.scene_cut_prob, hue_mode=args.hue_mode,
-                     radius_range=tuple(args.radius_range), max_objects=args.max_objects,
-                     camera_motion=args.camera_motion)
+    options = {name: getattr(args, name) for name in SynthSpec.model_fields}
+    spec = validated(SynthSpec, {**options, "radius_range": tuple(args.radius_range)},
+                     name=lambda loc: "--" + str(loc[0]).replace("_", "-"))
     return generate(args.out, spec, overwrite=args.overwrite, workers=args.workers)
 
 

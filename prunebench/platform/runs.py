@@ -31,7 +31,7 @@ from prunebench.platform.trial import TrialSpec
 from prunebench.reports.report import write_report
 from prunebench.training.checkpoint import check_backbone, code_version, read_meta
 from prunebench.training.protocol import evaluate_checkpoint, load_datasets
-from prunebench.typed import to_dict
+from prunebench.validation import to_dict
 
 log = logging.getLogger(__name__)
 

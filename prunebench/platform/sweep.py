@@ -22,7 +22,7 @@ from ray import tune
 from prunebench.config import ExperimentConfig
 from prunebench.errors import ConfigError
 from prunebench.platform.trial import Describe, trial_function
-from prunebench.typed import to_dict
+from prunebench.validation import to_dict
 
 
 @dataclass

@@ -29,7 +29,7 @@ from prunebench.models.vis_model import VISModel
 from prunebench.models.vit import create_backbone, load_timm_weights
 from prunebench.training.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from prunebench.training.loop import LogEvery, StepMetrics, train_steps
-from prunebench.typed import to_dict
+from prunebench.validation import to_dict
 
 log = logging.getLogger(__name__)
 
