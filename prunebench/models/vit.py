@@ -11,11 +11,13 @@ Two execution paths compute the same function:
   (one batched call per block rather than a per-sample loop); batch 1 needs no padding or mask.
 
 Either way the output is the dense ``h×w`` map of all tokens, plus the keep mask entering each
-block.
+block. Merging methods (EViT, ToMe), which shorten the sequence inside blocks, run one execution on
+both paths: ``prunebench.models.merging``.
 
 With ``adapter="vit_adapter"`` (``prunebench.models.adapter``) the ViT-Adapter's injectors update the
 full token map before the first block of each interaction stage, pruned tokens included, on both
 paths; its extractors read the full map after each stage; the output adds its 4-level pyramid.
+(Merging methods do not run inside the adapter yet.)
 """
 
 from __future__ import annotations
@@ -29,12 +31,16 @@ from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
 from prunebench.errors import ConfigError
-from prunebench.models.adapter import ViTAdapter
+from prunebench.models.adapter import Interaction, ViTAdapter
+from prunebench.models.blocks import SplitBlock
+from prunebench.models.merging import run_merging
 from prunebench.models.pruning import (
     Candidates,
     FrameContext,
+    MergingMethod,
     PruningMethod,
     StageRecord,
+    gather_tokens,
 )
 from prunebench.models.registry import AdapterName, backbone_spec, build_method
 
@@ -102,17 +108,16 @@ def _gather_plan(active: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
     return order, (None if bool(valid.all()) else valid)
 
 
-def _gather(x: Tensor, index: Tensor) -> Tensor:
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
-
-
 def _scatter(x: Tensor, index: Tensor, values: Tensor) -> Tensor:
     return x.scatter(1, index[..., None].expand(-1, -1, x.shape[-1]), values)
 
 
 class PrunableViT(nn.Module):
     """A timm ``VisionTransformer`` without class token whose tokens a ``PruningMethod`` prunes,
-    optionally inside a ViT-Adapter (``adapter="vit_adapter"``)."""
+    optionally inside a ViT-Adapter (``adapter="vit_adapter"``).
+
+    Its blocks are ``SplitBlock``s: timm's block, which merging methods can also run half by half.
+    """
 
     def __init__(self, backbone: str, method: PruningMethod, drop_path_rate: float = 0.0,
                  adapter: AdapterName = "none"):
@@ -134,11 +139,15 @@ class PrunableViT(nn.Module):
             global_pool="",  # keeps the final LayerNorm in ``norm`` (timm moves it to an unused fc_norm for "avg")
             dynamic_img_size=True,
             drop_path_rate=drop_path_rate,
+            block_fn=SplitBlock,
         )
         self.method = method
         self.embed_dim = dim
         self.depth = depth
         self.adapter_name = adapter
+        if adapter != "none" and isinstance(method, MergingMethod):
+            raise ConfigError(f"method '{method.name}' merges tokens, which model.adapter={adapter} does not support yet; "
+                              "allowed: model.adapter=none for merging methods (evit, tome)")
         self.adapter = ViTAdapter(dim, depth, drop_path_rate) if adapter == "vit_adapter" else None
 
     def embed(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -169,18 +178,40 @@ class PrunableViT(nn.Module):
             state: the ``state`` of the previous frame's output for the same video streams, or
                 None on the first frame of a stream.
             generator: seeds the selectors' noise (None: torch's global generator).
-            path: ``masked`` or ``gather``; default: masked in training mode, gather in eval mode.
+            path: ``masked`` or ``gather``; default: masked in training mode, gather in eval mode
+                (merging methods run the same computation on both).
             foreground: ``(B, N)`` ground-truth foreground patches, for methods that
                 ``needs_foreground`` (see ``prunebench.data.pipeline.foreground_patches``).
         """
         path = path or ("masked" if self.training else "gather")
         x, grid = self.embed(images)
         interaction = self.adapter.start(images, grid) if self.adapter is not None else None
-        batch, num_tokens, _ = x.shape
+        batch = x.shape[0]
         method = self.method
         ctx = FrameContext(
             grid=grid, training=self.training, generator=generator, foreground=foreground, state_in=state,
         )
+        if isinstance(method, MergingMethod):
+            x, block_keep = run_merging(self.vit.blocks, x, method, ctx)
+        else:
+            x, block_keep = self._run_blocks(x, ctx, path, interaction)
+        x = self.vit.norm(x)
+        h, w = grid
+        features = x.transpose(1, 2).reshape(batch, self.embed_dim, h, w)
+        return BackboneOutput(
+            features=features,
+            block_keep=torch.stack(block_keep),
+            state=ctx.state_out or None,
+            records=ctx.records,
+            loss=method.loss(ctx) if self.training else None,
+            pyramid=interaction.pyramid(features) if interaction is not None else None,
+        )
+
+    def _run_blocks(self, x: Tensor, ctx: FrameContext, path: Path,
+                    interaction: Interaction | None) -> tuple[Tensor, list[Tensor]]:
+        """The blocks with the method's keep masks on ``path`` (and the adapter's ``interaction``, if any):
+        the dense map and the mask entering each block."""
+        method = self.method
         positions, observed = set(method.positions), set(method.observation_points)
         active: Tensor | None = None  # None = every token active
         plan: tuple[Tensor | None, Tensor | None] = (None, None)
@@ -199,17 +230,7 @@ class PrunableViT(nn.Module):
                 interaction.after_block(i, x)
         if self.depth in observed:
             method.observe(self.depth, x, self._full(active, x), ctx)
-        x = self.vit.norm(x)
-        h, w = grid
-        features = x.transpose(1, 2).reshape(batch, self.embed_dim, h, w)
-        return BackboneOutput(
-            features=features,
-            block_keep=torch.stack(block_keep),
-            state=ctx.state_out or None,
-            records=ctx.records,
-            loss=method.loss(ctx) if self.training else None,
-            pyramid=interaction.pyramid(features) if interaction is not None else None,
-        )
+        return x, block_keep
 
     @staticmethod
     def _full(active: Tensor | None, x: Tensor) -> Tensor:
@@ -227,7 +248,7 @@ class PrunableViT(nn.Module):
             candidates = Candidates(x, weight, full_index, ctx.grid)
         else:
             cand_weight = x.new_ones(index.shape) if valid is None else valid.to(x.dtype)
-            candidates = Candidates(_gather(x, index), cand_weight, index, ctx.grid)
+            candidates = Candidates(gather_tokens(x, index), cand_weight, index, ctx.grid)
         selection = self.method.select(position, candidates, ctx)
         keep = selection.keep * candidates.weight
         if index is None:
@@ -256,7 +277,7 @@ class PrunableViT(nn.Module):
             return block(x)
         if index.shape[1] == 0:
             return x
-        kept = _gather(x, index)
+        kept = gather_tokens(x, index)
         if valid is None:
             out = block(kept)
         else:

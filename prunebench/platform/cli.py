@@ -303,7 +303,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                        description="Multi-objective study (maximise AP, minimise PKR or GMACs): every trial fine-tunes "
                                    "from the dense checkpoint and evaluates; OptunaSearch (NSGA-II) with a persistent "
                                    "storage, ASHA early stopping on the training loss, one MLflow child run per trial.")
-    p.add_argument("space", help="a search-space YAML, or a shipped one: vpp, dynamicvit, tps, svit")
+    p.add_argument("space", help="a search-space YAML, or a shipped one: vpp, dynamicvit, tps, svit, evit, tome")
     p.add_argument("--config", default="demo", help="experiment preset or YAML (default: demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     p.add_argument("--from", dest="init", default=None, metavar="CKPT",

@@ -97,7 +97,7 @@ def _dimension(source: str, name: str, spec: Any) -> Dimension:
 
 
 def load_space(source: str | Path, depth: int = 12) -> SearchSpace:
-    """Read a space by file path or shipped name (``vpp``, ``dynamicvit``, ``tps``, ``svit``)."""
+    """Read a space by file path or shipped name (``vpp``, ``dynamicvit``, ``tps``, ``svit``, ``evit``, ``tome``)."""
     path = Path(source)
     if not path.exists() and str(source) in space_names():
         path = SPACES_DIR / f"{source}.yaml"
