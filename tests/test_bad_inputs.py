@@ -58,6 +58,8 @@ CASES: dict[str, Case] = {
                                              "not a vit_tiny checkpoint"),
     "train_cuda_without_gpu": Case(("train", "$config", "--set", "device=cuda"), "has no GPU", without_gpu=True),
     "train_gpu_flag_with_cpu_device": Case(("train", "$config", "--gpu"), "--gpu with device=cpu"),
+    "train_gpu_flag_without_gpu": Case(("train", "$config", "--gpu", "--set", "device=cuda"), "has no GPU",
+                                       without_gpu=True),
     "train_zero_workers": Case(("train", "$config", "--workers", "0"), "--workers 0"),
     # finetune
     "finetune_without_method": Case(("finetune", "$config", "--from", "$dense"), "finetune needs a pruning method"),
@@ -114,6 +116,9 @@ CASES: dict[str, Case] = {
     "benchmark_pretrained_missing": Case(("benchmark", "$config", "--set", "model.pretrained=$missing"),
                                          "pretrained weights not found"),
     "benchmark_cuda_without_gpu": Case(("benchmark", "$config", "--set", "device=cuda"), "has no GPU", without_gpu=True),
+    "benchmark_gpus_requested_without_gpu": Case(("benchmark", "$config", "--set", "device=cuda", "--gpus-per-trial",
+                                                   "0.5"), "has no GPU", without_gpu=True),
+    "benchmark_resume_of_nothing": Case(("benchmark", "$config", "--resume"), "nothing named 'tiny'"),
     # demo
     "demo_unknown_backbone": Case(("demo", "--out", "$out", "--set", "model.backbone=vit_huge"), "unknown backbone"),
     "demo_gpus_requested_with_cpu_device": Case(("demo", "--out", "$out", "--gpus-per-trial", "1"),
@@ -123,7 +128,9 @@ CASES: dict[str, Case] = {
     # flops, bench
     "flops_unknown_backbone": Case(("flops", "--backbone", "vit_huge"), "unknown backbone"),
     "flops_unknown_method_param": Case(("flops", "--method", "tps", "--set", "kappa=0.5"), "'kappa'"),
+    "flops_no_frames": Case(("flops", "--method", "svit", "--data", "$data", "--max-frames", "0"), "--max-frames 0"),
     "bench_unknown_backbone": Case(("bench", "$config", "--set", "model.backbone=vit_huge"), "unknown backbone"),
+    "bench_target_without_presets": Case(("bench", "$config", "--target", "0.9"), "target PKR 0.9"),
 }
 
 

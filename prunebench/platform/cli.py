@@ -78,6 +78,8 @@ def _run_flops(args: argparse.Namespace) -> dict[str, Any]:
 
     params = parse_assignments(args.params)
     check_model(args.backbone, args.method, params)
+    if args.max_frames < 1:
+        raise ConfigError(f"--max-frames {args.max_frames}: allowed: an integer >= 1")
     return measure_flops(
         backbone=args.backbone,
         method=args.method,
@@ -287,12 +289,13 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.config import load_config
     from prunebench.data.pipeline import cycled_frames
     from prunebench.evaluation.bench import compare, preset_model
-    from prunebench.models.presets import pruning_methods
+    from prunebench.models.presets import params_for_target, pruning_methods
     from prunebench.platform.preflight import check_model
     from prunebench.training.protocol import load_datasets
 
     config = load_config(args.config, parse_assignments(args.overrides))
-    check_model(config.model.backbone, "dense", {})
+    for method in pruning_methods():
+        check_model(config.model.backbone, method, params_for_target(method, args.target))
     if args.frames < 1 or args.warmup < 0:
         raise ConfigError(f"--frames {args.frames} / --warmup {args.warmup}: allowed: frames >= 1, warmup >= 0")
     _, valid = load_datasets(config)
