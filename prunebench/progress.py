@@ -44,7 +44,7 @@ class Progress:
     session's rate.
     """
 
-    def __init__(self, desc: str, total: int | None, unit: str = "it", interval: float | None = LOG_INTERVAL_S,
+    def __init__(self, desc: str, total: int | None, unit: str = "items", interval: float | None = LOG_INTERVAL_S,
                  initial: int = 0, logger: logging.Logger = _log):
         self.desc, self.total, self.unit, self.interval, self.logger = desc, total, unit, interval, logger
         self.count = self._start_count = initial
@@ -60,7 +60,7 @@ class Progress:
         return (time.monotonic() - self._start) / done * max(0, self.total - self.count)
 
     def describe(self, status: str = "") -> str:
-        """``train dense 50/1500 step, loss 0.31 (12s elapsed, ETA 5m48s)``."""
+        """``train dense 50/1500 steps, loss 0.31 (12s elapsed, ETA 5m48s)``."""
         count = f"{self.count}/{self.total}" if self.total is not None else str(self.count)
         eta = self.eta()
         timing = f"{duration(time.monotonic() - self._start)} elapsed" + ("" if eta is None else f", ETA {duration(eta)}")

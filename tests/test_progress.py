@@ -12,28 +12,28 @@ LOGGER = logging.getLogger("prunebench.test")
 def test_lines_with_count_and_eta_when_stderr_is_not_a_terminal(caplog, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     caplog.set_level(logging.INFO, logger="prunebench")
-    with Progress("synth", 3, "video", interval=0.0, logger=LOGGER) as progress:
+    with Progress("synth", 3, "videos", interval=0.0, logger=LOGGER) as progress:
         progress.update()
         progress.report("loss 0.5")
         progress.update(2)
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 3 and lines[0].startswith("synth 1/3 video (") and "ETA" in lines[0]
-    assert lines[1].startswith("synth 1/3 video, loss 0.5 (") and lines[2].startswith("synth 3/3 video (")
+    assert len(lines) == 3 and lines[0].startswith("synth 1/3 videos (") and "ETA" in lines[0]
+    assert lines[1].startswith("synth 1/3 videos, loss 0.5 (") and lines[2].startswith("synth 3/3 videos (")
 
 
 def test_training_progress_logs_only_its_reports(caplog, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     caplog.set_level(logging.INFO, logger="prunebench")
-    with Progress("train dense", 4, "step", interval=None, initial=1, logger=LOGGER) as progress:
+    with Progress("train dense", 4, "steps", interval=None, initial=1, logger=LOGGER) as progress:
         progress.update(3)
         progress.report("loss 0.1")
-    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["train dense 4/4 step, loss 0.1"]
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["train dense 4/4 steps, loss 0.1"]
 
 
 def test_a_bar_and_no_lines_on_a_terminal(caplog, capsys, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     caplog.set_level(logging.INFO, logger="prunebench")
-    with Progress("eval", 2, "frame", interval=0.0, logger=LOGGER) as progress:
+    with Progress("eval", 2, "frames", interval=0.0, logger=LOGGER) as progress:
         progress.update(2)
     assert not caplog.records
     assert "eval" in capsys.readouterr().err  # tqdm drew on stderr
@@ -42,7 +42,7 @@ def test_a_bar_and_no_lines_on_a_terminal(caplog, capsys, monkeypatch):
 def test_no_bar_and_no_lines_when_info_is_off(caplog, capsys, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     caplog.set_level(logging.WARNING, logger="prunebench")
-    with Progress("eval", 2, "frame", interval=0.0, logger=LOGGER) as progress:
+    with Progress("eval", 2, "frames", interval=0.0, logger=LOGGER) as progress:
         progress.update(2)
     assert not caplog.records and capsys.readouterr().err == ""
 
@@ -55,7 +55,7 @@ def test_default_level_logs_progress_and_quiet_does_not(tmp_path):
     args = ["data", "synth", "--videos", "2", "--valid-videos", "1", "--frames", "2", "--height", "64", "--width", "96",
             "--workers", "1", "--json"]
     shown = cli([*args, tmp_path / "a"], check=False)
-    assert shown.returncode == 0 and "INFO prunebench.data.synth: data synth 3/3 video" in shown.stderr
+    assert shown.returncode == 0 and "INFO prunebench.data.synth: data synth 3/3 videos" in shown.stderr
     quiet = cli(["-q", *args, tmp_path / "b"], check=False)
     assert quiet.returncode == 0 and quiet.stderr == ""
 

@@ -392,7 +392,7 @@ def generate(out: str | os.PathLike[str], spec: SynthSpec, overwrite: bool = Fal
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     # fork: the workers only draw with numpy/PIL/pycocotools, and forking skips re-importing torch
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if workers > 1 else None
-    progress = Progress("data synth", spec.videos + spec.valid_videos, "video", logger=log)
+    progress = Progress("data synth", spec.videos + spec.valid_videos, "videos", logger=log)
     try:
         train_seed, valid_seed = np.random.SeedSequence(spec.seed).spawn(2)
         splits = {

@@ -25,7 +25,8 @@ MAC_UNIT = "GMACs (multiply-accumulates, fvcore convention; GFLOPs = 2 x GMACs)"
 def _video_frames(data: str, split: str, img_size: tuple[int, int], max_frames: int) -> Iterator[tuple[bool, torch.Tensor]]:
     """(first frame of its video?, normalised frame resized to ``img_size``) over a YouTube-VIS split."""
     dataset = YTVISDataset(data, split)
-    with Progress("flops", min(max_frames, sum(len(video) for video in dataset.videos)), "frame", logger=log) as progress:
+    total = min(max_frames, sum(len(video) for video in dataset.videos))
+    with Progress("flops", total, "frames", logger=log) as progress:
         for video in dataset.videos:
             for t in range(len(video)):
                 if progress.count >= max_frames:

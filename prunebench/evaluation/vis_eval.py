@@ -181,7 +181,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
     dense_gmacs: dict[tuple[int, int], float] = {}
     results, gmacs, kept_examples = [], [], []
     needs_foreground = model.backbone.method.needs_foreground
-    frames = Progress("eval", sum(len(video) for video in dataset.videos), "frame", logger=log)
+    frames = Progress("eval", sum(len(video) for video in dataset.videos), "frames", logger=log)
     with torch.inference_mode(), frames:
         for video in dataset.videos:
             state, areas = None, _mean_areas(video)

@@ -68,7 +68,7 @@ class TrialProgress(tune.Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if self._progress is None:
-            self._progress = Progress(f"{self.name} trials", self.total, "trial", logger=log)
+            self._progress = Progress(self.name, self.total, "trials", logger=log)
         finished = sum(trial.status in (Trial.TERMINATED, Trial.ERROR) for trial in trials)
         if finished > self._progress.count:
             self._progress.update(finished - self._progress.count)

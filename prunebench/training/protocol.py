@@ -99,7 +99,7 @@ def prepare_stage(config: ExperimentConfig, stage: str, init_checkpoint: str | P
 
 def log_progress(stage: str, method: str, optim: OptimConfig, start: int = 0) -> LogEvery:
     """The ``on_step`` progress of a stage (a context manager): a bar, or a line with the ETA per logging window."""
-    return LogEvery(optim.log_every, Progress(f"{stage} {method}", optim.steps, "step", interval=None, initial=start,
+    return LogEvery(optim.log_every, Progress(f"{stage} {method}", optim.steps, "steps", interval=None, initial=start,
                                               logger=log))
 
 
