@@ -1,9 +1,12 @@
-"""Experiment configuration: YAML presets (``prunebench/configs/``) → typed, validated dataclasses.
+"""Experiment configuration: YAML presets (``prunebench/configs/``) → frozen, validated pydantic models.
 
-Every section and key is checked; an unknown key or a value of the wrong type stops with one line
-naming it. ``--set section.key=value`` overrides are applied before validation (values parsed as
-YAML). Method parameters (``method.params``) are validated against the method when the model is
-built. Relative paths (``out``, ``data.root``, ``model.pretrained``) are made absolute against the
+Every section and key is checked by pydantic (``prunebench.validation``): an unknown key, a value of
+the wrong type or out of range stops with one line naming the key, the value and what is allowed,
+e.g. ``demo.yaml: train.lr must be a number > 0, got 'abc'``. ``--set section.key=value`` overrides
+(values parsed as YAML) are applied before validation; a problem an override brings in names that
+``--set`` instead of the file. A YAML syntax error names ``file:line:column``. The method's
+parameters (``method.params``) are validated against the method and the backbone at load time too.
+Relative paths (``out``, ``data.root``, ``model.pretrained``) are made absolute against the
 working directory of the process that loads the config: Ray workers and Tune trials (which run in
 their trial folder) then read and write the same files as the driver.
 """
@@ -11,83 +14,93 @@ their trial folder) then read and write the same files as the driver.
 from __future__ import annotations
 
 import copy
+import json
 import os
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import Field, field_validator
 
 from prunebench.data.synth import SynthSpec
 from prunebench.errors import ConfigError
+from prunebench.models.params import parse_params
+from prunebench.models.registry import BACKBONES, AdapterName, method_class
 from prunebench.models.vis_model import HeadConfig
 from prunebench.training.convergence import ConvergenceRule
-from prunebench.typed import build_dataclass
+from prunebench.validation import ConfigModel, Items, validated
+from prunebench.validation_errors import yaml_error_line
+
+#: a fraction strictly between 0 and 1
+OpenFraction = Annotated[float, Field(gt=0, lt=1)]
 
 
-@dataclass(frozen=True)
-class DataConfig:
+class DataConfig(ConfigModel):
     """Where the videos are and how clips are sampled."""
 
     root: str = "data"
     synth: SynthSpec | None = None  # generate the dataset at ``root`` if it does not exist
     train_split: str = "train"
     valid_split: str = "valid"
-    max_size: int | None = None  # resize the long side to this (None: keep the video's size)
-    num_ref: int = 1  # reference frames per training clip (the clip is num_ref + 1 frames)
-    frame_range: int = 5
+    max_size: int | None = Field(None, ge=1)  # resize the long side to this (None: keep the video's size)
+    num_ref: int = Field(1, ge=0)  # reference frames per training clip (the clip is num_ref + 1 frames)
+    frame_range: int = Field(5, ge=0)
     flip: bool = True
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Backbone and head."""
+class ModelConfig(ConfigModel):
+    """Backbone and head. ``adapter``: ``none`` (the ViT's map through a simple pyramid) or
+    ``vit_adapter`` (ViT-Adapter around the ViT, its pyramid feeding the head)."""
 
     backbone: str = "vit_tiny"
+    adapter: AdapterName = "none"
     pretrained: str | None = None  # a local timm ViT checkpoint (safetensors or torch file)
-    drop_path_rate: float = 0.0
-    head: HeadConfig = field(default_factory=HeadConfig)
+    drop_path_rate: float = Field(0.0, ge=0, lt=1)
+    head: HeadConfig = HeadConfig()
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        if name not in BACKBONES:
+            raise ValueError("one of " + ", ".join(repr(b) for b in sorted(BACKBONES)))
+        return name
 
 
-@dataclass(frozen=True)
-class MethodConfig:
-    """The pruning method fine-tuned from the dense checkpoint."""
+class MethodConfig(ConfigModel):
+    """The pruning method fine-tuned from the dense checkpoint; ``params`` as written (checked at load)."""
 
     name: str = "dense"
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = {}
 
 
-@dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(ConfigModel):
     """One training stage: AdamW, backbone learning-rate multiplier, clipping, step decay."""
 
-    steps: int = 100
-    batch_size: int = 2
-    lr: float = 1e-4
-    backbone_lr_mult: float = 0.1
-    pruner_lr_mult: float = 1.0
-    weight_decay: float = 0.05
-    clip_norm: float = 0.01
-    milestones: tuple[float, ...] = (0.67,)  # fractions of ``steps``
-    gamma: float = 0.1
-    warmup_steps: int = 0
-    log_every: int = 25
+    steps: int = Field(100, ge=0)
+    batch_size: int = Field(2, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    backbone_lr_mult: float = Field(0.1, ge=0)
+    pruner_lr_mult: float = Field(1.0, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    clip_norm: float = Field(0.01, gt=0)
+    milestones: Items[OpenFraction] = (0.67,)  # fractions of ``steps``
+    gamma: float = Field(0.1, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    log_every: int = Field(25, ge=1)
 
 
-@dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(ConfigModel):
     """Evaluation: seeds, tracker, timing."""
 
     seed: int = 0
-    top_k: int = 10
-    nms_iou: float = 0.7
-    timing_frames: int = 30
-    warmup_frames: int = 5
-    threads: int = 2
+    top_k: int = Field(10, ge=1)
+    nms_iou: float = Field(0.7, ge=0, le=1)
+    timing_frames: int = Field(30, ge=1)
+    warmup_frames: int = Field(5, ge=0)
+    threads: int = Field(2, ge=1)
 
 
-@dataclass(frozen=True)
-class BenchmarkConfig:
+class BenchmarkConfig(ConfigModel):
     """The leaderboard run (``prunebench benchmark``): methods × keep settings × seeds, compared at goal PKRs.
 
     Each method is fine-tuned at every setting in ``settings``: a PKR that the method's own schedule
@@ -95,58 +108,42 @@ class BenchmarkConfig:
     PKRs bracket every goal. ``params`` may instead list explicit parameter sets per method.
     """
 
-    methods: tuple[str, ...] = ("vpp", "dynamicvit", "tps", "svit", "random", "oracle")
-    goals: tuple[float, ...] = (0.55, 0.40)
-    settings: tuple[float, ...] = (0.33, 0.47, 0.62)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    params: dict[str, Any] = field(default_factory=dict)  # method -> list of explicit parameter sets
+    methods: Items[str] = ("vpp", "dynamicvit", "tps", "svit", "random", "oracle")
+    goals: Items[float] = (0.55, 0.40)
+    settings: Items[float] = (0.33, 0.47, 0.62)
+    seeds: Items[int] = (0, 1, 2)
+    params: dict[str, Any] = {}  # method -> list of explicit parameter sets
     cpus_per_trial: int = 1
     gpus_per_trial: float | None = None  # None: 1 for a cuda config, 0 for a cpu one
 
 
-@dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(ConfigModel):
     """A whole experiment: data, model, method, the two training stages, evaluation."""
 
     name: str = "experiment"
     seed: int = 0
-    device: str = "cpu"
+    device: Literal["cpu", "cuda"] = "cpu"
     out: str = "runs"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    train: OptimConfig = field(default_factory=OptimConfig)
-    finetune: OptimConfig = field(default_factory=OptimConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    convergence: ConvergenceRule = field(default_factory=ConvergenceRule)
-    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
-
-    def validate(self) -> None:
-        """Ranges that types alone do not catch."""
-        for stage in ("train", "finetune"):
-            optim: OptimConfig = getattr(self, stage)
-            if optim.steps < 0 or optim.batch_size < 1:
-                raise ConfigError(f"{stage}: steps={optim.steps}, batch_size={optim.batch_size}; allowed: steps >= 0, batch_size >= 1")
-            if optim.lr <= 0 or optim.clip_norm <= 0:
-                raise ConfigError(f"{stage}: lr={optim.lr}, clip_norm={optim.clip_norm}; allowed: both > 0")
-            if any(not 0 < m < 1 for m in optim.milestones):
-                raise ConfigError(f"{stage}.milestones={list(optim.milestones)}; allowed: fractions in (0, 1)")
-        if self.data.synth is not None:
-            self.data.synth.validate()
-        if self.device not in ("cpu", "cuda"):
-            raise ConfigError(f"device={self.device!r}; allowed: 'cpu', 'cuda'")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = MethodConfig()
+    train: OptimConfig = OptimConfig()
+    finetune: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+    convergence: ConvergenceRule = ConvergenceRule()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
 
 
 def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     """Assign ``value`` at ``a.b.c`` in a nested dict (creating sections)."""
     keys = dotted.split(".")
     node = tree
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1]):
         child = node.get(key)
         if child is None:
             child = node[key] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+            raise ConfigError(f"{'.'.join(keys[:depth + 1])} is not a section, got {child!r}")
         node = child
     node[keys[-1]] = value
 
@@ -160,35 +157,82 @@ def preset_names() -> list[str]:
 
 
 def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read a preset name (``demo``), a YAML file or a dict; apply dotted overrides; validate."""
+    """Read a preset name (``demo``), a YAML file or a dict; apply dotted overrides; validate.
+
+    A ``ConfigError`` names the source of the first problem: the file (or ``config`` for a dict),
+    or the ``--set KEY=VALUE`` that brought it in.
+    """
+    raw, where = _read(source)
+    overrides = dict(overrides or {})
+    try:
+        return _absolute_paths(_validate(_overridden(raw, overrides)))
+    except ConfigError as error:
+        raise _blame(raw, where, overrides, error) from None
+
+
+def _blame(raw: dict[str, Any], where: str, overrides: dict[str, Any], error: ConfigError) -> ConfigError:
+    """``error`` as the first source that brings a problem in tells it: the file alone, then each
+    override on top of the ones before it (``--set train.lr=abc: train.lr must be ...``)."""
+    items = list(overrides.items())
+    for count in range(len(items) + 1):
+        try:
+            _validate(_overridden(raw, dict(items[:count])))
+        except ConfigError as first:
+            return ConfigError(f"{where if count == 0 else _set_text(*items[count - 1])}: {first}")
+    return ConfigError(f"{where}: {error}")
+
+
+def _read(source: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The raw mapping of ``source`` and how errors name it (the file's path, or ``config``)."""
     if isinstance(source, dict):
         raw, where = copy.deepcopy(source), "config"
     else:
         path = Path(source)
         if not path.exists() and str(source) in preset_names():
             path = PRESETS_DIR / f"{source}.yaml"
+        where = str(path)
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found; presets: {', '.join(preset_names())}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a folder; allowed: a YAML file or a preset ({', '.join(preset_names())})") from None
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-        where = str(path)
+            raise ConfigError(yaml_error_line(where, error)) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping at the top level")
-    for key, value in (overrides or {}).items():
-        set_path(raw, key, value)
-    config = build_dataclass(ExperimentConfig, raw, unknown=lambda k, allowed: f"{where}: unknown key '{k}'; allowed: {allowed}",
-                             wrong=lambda k, v, e: f"{where}: {k}={v!r} has the wrong type; allowed: {e}")
-    config.validate()
-    return _absolute_paths(config)
+        raise ConfigError(f"{where}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw, where
+
+
+def _overridden(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``raw`` with the dotted ``overrides`` applied."""
+    tree = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        set_path(tree, key, copy.deepcopy(value))
+    return tree
+
+
+def _set_text(key: str, value: Any) -> str:
+    """How an override is named in errors: ``--set train.lr=abc`` (the value as typed, JSON for non-strings)."""
+    return f"--set {key}={value if isinstance(value, str) else json.dumps(value, default=str)}"
+
+
+def _validate(raw: dict[str, Any]) -> ExperimentConfig:
+    """``raw`` as a config, with the method's parameters checked; ConfigError without the source."""
+    config = validated(ExperimentConfig, raw)
+    try:
+        params_cls = method_class(config.method.name).Params
+    except ConfigError as error:  # an unknown name (the allowed ones listed), or a plug-in that fails to load
+        raise ConfigError(f"method.name: {error}") from None
+    depth = BACKBONES[config.model.backbone][3]
+    parse_params(config.method.name, params_cls, config.method.params, depth, key="method.params")
+    return config
 
 
 def _absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
     pretrained = config.model.pretrained
-    return replace(
-        config,
-        out=os.path.abspath(config.out),
-        data=replace(config.data, root=os.path.abspath(config.data.root)),
-        model=replace(config.model, pretrained=None if pretrained is None else os.path.abspath(pretrained)),
-    )
+    return config.model_copy(update={
+        "out": os.path.abspath(config.out),
+        "data": config.data.model_copy(update={"root": os.path.abspath(config.data.root)}),
+        "model": config.model.model_copy(update={"pretrained": None if pretrained is None else os.path.abspath(pretrained)}),
+    })

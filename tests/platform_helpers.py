@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import psutil
@@ -70,6 +70,35 @@ def stop_started(tag: str, before: set[int]) -> None:
         except psutil.Error:
             pass
     _, alive = psutil.wait_procs(victims, timeout=15)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+def stop_tagged(tags: Iterable[str], roots: Iterable[int] = ()) -> None:
+    """Stop what a test started and nothing else: the processes whose command line mentions one of ``tags``
+    (e.g. a Ray node's own temp folder), the processes ``roots``, and every descendant of those (Ray workers
+    and job drivers, a server's workers); SIGTERM first, SIGKILL after 15 s."""
+    tags, roots = [str(t) for t in tags], set(roots)
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if proc.info["pid"] in roots or any(tag in cmd for tag in tags):
+            found[proc.pid] = proc
+    for proc in list(found.values()):
+        try:
+            found.update({child.pid: child for child in proc.children(recursive=True)})
+        except psutil.Error:
+            pass
+    found.pop(os.getpid(), None)
+    for proc in found.values():
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(list(found.values()), timeout=15)
     for proc in alive:
         try:
             proc.kill()

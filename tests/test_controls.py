@@ -143,7 +143,7 @@ def test_controls_have_no_parameters_loss_or_image_dependence(method):
 
 
 def test_controls_reject_the_learned_selectors_parameters():
-    with pytest.raises(ConfigError, match="unknown parameter 'tau' for method 'random'; allowed: rho, positions"):
+    with pytest.raises(ConfigError, match="random: unknown key 'tau'; allowed: rho, positions"):
         build_method("random", {"tau": 1.0}, 192, 12)
 
 
@@ -173,6 +173,9 @@ STAGE_TARGETS = {
     "svit": ({}, dict(zip(range(3, 12), SVIT_Q)), tuple(range(3, 12))),
     "random": ({"rho": 0.6}, {3: 0.6, 6: 0.36, 9: 0.216}, ()),
     "oracle": ({"rho": 0.6}, {3: 0.6, 6: 0.36, 9: 0.216}, ()),
+    # merging methods: keyed by the block after the merge (docs/methods.md §7)
+    "evit": ({"kappa": 0.6}, {4: 0.6, 7: 0.36, 10: 0.216}, ()),
+    "tome": ({"r": 13}, {b: (196 - 13 * b) / 196 for b in range(1, 12)}, ()),
 }
 
 
@@ -185,7 +188,8 @@ def test_stage_targets_and_learned_stages(method):
     params, targets, learned = STAGE_TARGETS[method]
     built = build_method(method, params, 192, 12)
     assert built.stage_targets() == pytest.approx(targets)
-    assert sorted(built.stage_targets()) == list(built.positions)
+    merged = [p + 1 for p in getattr(built, "merge_positions", ()) if p + 1 < built.depth]
+    assert sorted(built.stage_targets()) == sorted([*built.positions, *merged])
     assert built.learned_stages() == learned
 
 

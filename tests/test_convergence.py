@@ -5,6 +5,7 @@ The tail is the windows at steps 180 and 200 (the last 20 %); the stretch before
 
 import pytest
 
+from prunebench.config import load_config
 from prunebench.errors import ConfigError
 from prunebench.training.convergence import ConvergenceRule, Verdict, Window
 
@@ -88,5 +89,5 @@ def test_stage_missing_from_a_window():
 @pytest.mark.parametrize("kwargs", [{"last_fraction": 0.0}, {"last_fraction": 1.5}, {"keep_tolerance": -0.1},
                                     {"min_windows": 1}])
 def test_invalid_rule(kwargs):
-    with pytest.raises(ConfigError):
-        ConvergenceRule(**kwargs)
+    with pytest.raises(ConfigError, match=f"^config: convergence.{next(iter(kwargs))} must be"):
+        load_config({"convergence": kwargs})

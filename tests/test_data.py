@@ -233,10 +233,11 @@ def test_camera_moves_a_still_object_with_the_scene(monkeypatch):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--radius-range", "0.3", "0.1"], "--radius-range 0.3 0.1: allowed: LOW HIGH with 0 < LOW <= HIGH <= 0.5"),
-    (["--radius-range", "0", "0.2"], "--radius-range 0.0 0.2"),
-    (["--max-objects", "0"], "--max-objects 0: allowed: an integer >= 1"),
-    (["--camera-motion", "-1"], "--camera-motion -1.0: allowed: pixels per frame in [0, 16]"),
+    (["--radius-range", "0.3", "0.1"], "--radius-range must be LOW HIGH with 0 < LOW <= HIGH <= 0.5, got (0.3, 0.1)"),
+    (["--radius-range", "0", "0.2"], "--radius-range must be LOW HIGH with 0 < LOW <= HIGH <= 0.5, got (0.0, 0.2)"),
+    (["--max-objects", "0"], "--max-objects must be an integer >= 1, got 0"),
+    (["--camera-motion", "-1"], "--camera-motion must be a number in [0, 16], got -1.0"),
+    (["--height", "16"], "--height must be an integer >= 32, got 16"),
     (["--hue-mode", "rainbow"], "'rainbow'"),
 ])
 def test_bad_hardness_options_exit_with_one_line(tmp_path, capsys, args, fragment):
@@ -253,7 +254,7 @@ def test_bad_hardness_options_exit_with_one_line(tmp_path, capsys, args, fragmen
 def test_hardness_options_from_a_config():
     synth = {**HARD.__dict__, "radius_range": [0.06, 0.08]}  # YAML gives a list
     assert load_config("demo", {"data.synth": synth}).data.synth == HARD
-    with pytest.raises(ConfigError, match=r"^--radius-range 0.06 0.08 0.1: allowed"):
+    with pytest.raises(ConfigError, match=r"^--set data.synth={.*}: data.synth.radius_range must be a list of 2 numbers"):
         load_config("demo", {"data.synth": {**synth, "radius_range": [0.06, 0.08, 0.1]}})
-    with pytest.raises(ConfigError, match="hue_mode='rainbow' has the wrong type; allowed: one of 'category', 'shared'"):
+    with pytest.raises(ConfigError, match="data.synth.hue_mode must be one of 'category', 'shared', got 'rainbow'"):
         load_config("demo", {"data.synth": {**synth, "hue_mode": "rainbow"}})

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from prunebench.config import load_config
 from prunebench.errors import ConfigError
 from prunebench.models import presets, registry
 from prunebench.models.presets import params_for_pkr
@@ -106,6 +107,17 @@ def test_plugin_method_through_build_method_and_keep_family(plugin_path):
     with pytest.raises(ConfigError, match=r"tinynorm: keep=1.5 is outside \(0, 1\]"):
         build_method("tinynorm", {"keep": 1.5}, dim=192, depth=12)
     assert params_for_pkr("tinynorm", 0.75)["keep"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_plugin_method_params_checked_when_the_config_is_loaded(plugin_path):
+    config = load_config({"method": {"name": "tinynorm", "params": {"keep": 0.25}}})
+    assert config.method.params == {"keep": 0.25}
+    with pytest.raises(ConfigError, match=r"^config: method.params: keep=1.5 is outside \(0, 1\]"):
+        load_config({"method": {"name": "tinynorm", "params": {"keep": 1.5}}})
+    with pytest.raises(ConfigError, match=r"^config: method.params.position must be an integer, got 'six'$"):
+        load_config({"method": {"name": "tinynorm", "params": {"position": "six"}}})
+    with pytest.raises(ConfigError, match=r"^config: unknown key 'method.params.rho'; allowed: keep, position$"):
+        load_config({"method": {"name": "tinynorm", "params": {"rho": 0.5}}})
 
 
 def test_plugin_family_is_found_before_any_lookup(plugin_path):

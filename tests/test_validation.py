@@ -76,7 +76,8 @@ def test_unknown_parameter(capsys):
 
 
 def test_wrong_type(capsys):
-    _fails(capsys, ["--method", "vpp", "--set", "x_ref=both"], "x_ref='both'", "'code', 'paper'")
+    _fails(capsys, ["--method", "vpp", "--set", "x_ref=both"],
+           "vpp: x_ref must be one of 'code', 'paper', got 'both'")
 
 
 def test_malformed_set(capsys):

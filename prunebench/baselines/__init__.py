@@ -1,3 +1,3 @@
-"""Baseline pruning methods: DynamicViT, TPS, SViT and the random/oracle controls (each registers itself)."""
+"""Baseline pruning methods: DynamicViT, TPS, SViT, EViT, ToMe and the random/oracle controls (each registers itself)."""
 
-from prunebench.baselines import controls, dynamicvit, svit, tps  # noqa: F401
+from prunebench.baselines import controls, dynamicvit, evit, svit, tome, tps  # noqa: F401

@@ -36,18 +36,19 @@ import logging
 import math
 import multiprocessing
 import os
-import shutil
-import tempfile
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+from pydantic import Field, field_validator
 
+from prunebench.atomic import check_folder_target, staged_folder
 from prunebench.errors import ConfigError
+from prunebench.validation import ConfigModel, Pair
 from prunebench.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,7 @@ HueMode = Literal["category", "shared"]
 HARDNESS_OPTIONS = ("hue_mode", "radius_range", "max_objects", "camera_motion")
 
 
-@dataclass(frozen=True)
-class SynthSpec:
+class SynthSpec(ConfigModel):
     """What to generate. ``videos`` is the train split size; valid gets ``valid_videos``.
 
     The last four fields make the data harder; at their defaults nothing is drawn for them, so the
@@ -78,36 +78,27 @@ class SynthSpec:
     and texture only). ``radius_range``: object radius as a fraction of the short side.
     ``max_objects``: objects per video are drawn from 1..max_objects. ``camera_motion``: mean speed
     (pixels per frame) of a camera that moves the whole scene, background and objects alike.
+    Validated on construction (one line per problem through ``prunebench.validation``).
     """
 
-    videos: int = 24
-    valid_videos: int = 8
-    frames: int = 12
-    height: int = 128
-    width: int = 224
+    videos: int = Field(24, ge=1)
+    valid_videos: int = Field(8, ge=1)
+    frames: int = Field(12, ge=1)
+    height: int = Field(128, ge=32)
+    width: int = Field(224, ge=32)
     seed: int = 0
-    scene_cut_prob: float = 0.15
+    scene_cut_prob: float = Field(0.15, ge=0, le=1)
     hue_mode: HueMode = "category"
-    radius_range: tuple[float, float] = (0.15, 0.28)
-    max_objects: int = 4
-    camera_motion: float = 0.0
+    radius_range: Pair[float] = (0.15, 0.28)
+    max_objects: int = Field(4, ge=1)
+    camera_motion: float = Field(0.0, ge=0, le=MAX_CAMERA_MOTION)
 
-    def validate(self) -> None:
-        """One-line errors for impossible sizes and options."""
-        for name in ("videos", "valid_videos", "frames", "max_objects"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: allowed: an integer >= 1")
-        for name in ("height", "width"):
-            if getattr(self, name) < 32:
-                raise ConfigError(f"--{name} {getattr(self, name)}: allowed: at least 32 pixels")
-        if not 0.0 <= self.scene_cut_prob <= 1.0:
-            raise ConfigError(f"--scene-cut-prob {self.scene_cut_prob}: allowed: a probability in [0, 1]")
-        if self.hue_mode not in get_args(HueMode):
-            raise ConfigError(f"--hue-mode {self.hue_mode!r}: allowed: {', '.join(map(repr, get_args(HueMode)))}")
-        if len(self.radius_range) != 2 or not 0.0 < self.radius_range[0] <= self.radius_range[1] <= 0.5:
-            raise ConfigError(f"--radius-range {' '.join(map(str, self.radius_range))}: allowed: LOW HIGH with 0 < LOW <= HIGH <= 0.5")
-        if not 0.0 <= self.camera_motion <= MAX_CAMERA_MOTION:
-            raise ConfigError(f"--camera-motion {self.camera_motion}: allowed: pixels per frame in [0, {MAX_CAMERA_MOTION:g}]")
+    @field_validator("radius_range")
+    @classmethod
+    def _ordered_radii(cls, radii: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < radii[0] <= radii[1] <= 0.5:
+            raise ValueError("LOW HIGH with 0 < LOW <= HIGH <= 0.5")
+        return radii
 
     def record(self) -> dict[str, Any]:
         """The fields written to splits.json; the hardness options only where they differ from their
@@ -381,32 +372,25 @@ def generate(out: str | os.PathLike[str], spec: SynthSpec, overwrite: bool = Fal
     Videos are drawn by ``workers`` processes (default: one per CPU; 1 = in this process); each
     video has its own seed, so the files are the same whatever the number of workers.
     """
-    spec.validate()
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ConfigError(f"--workers {workers}: allowed: an integer >= 1")
     target = Path(out)
+    check_folder_target(target)
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise ConfigError(f"{target}: folder exists and is not empty; allowed: a new folder, or --overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     # fork: the workers only draw with numpy/PIL/pycocotools, and forking skips re-importing torch
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if workers > 1 else None
     progress = Progress("data synth", spec.videos + spec.valid_videos, "videos", logger=log)
     try:
-        train_seed, valid_seed = np.random.SeedSequence(spec.seed).spawn(2)
-        splits = {
-            "train": _write_split(staging, "train", spec.videos, spec, train_seed, pool, progress),
-            "valid": _write_split(staging, "valid", spec.valid_videos, spec, valid_seed, pool, progress),
-        }
-        record = {"spec": spec.record(), "splits": splits}
-        (staging / "splits.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with staged_folder(target, replace=True) as staging:
+            train_seed, valid_seed = np.random.SeedSequence(spec.seed).spawn(2)
+            splits = {
+                "train": _write_split(staging, "train", spec.videos, spec, train_seed, pool, progress),
+                "valid": _write_split(staging, "valid", spec.valid_videos, spec, valid_seed, pool, progress),
+            }
+            record = {"spec": spec.record(), "splits": splits}
+            (staging / "splits.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     finally:
         progress.close()
         if pool is not None:

@@ -7,10 +7,12 @@ YouTube-VIS tools ignore the key.
 Segmentations may be RLE (compressed string or uncompressed count list), polygons, or null
 (absent in that frame). Every malformed input stops with one line naming the file and the item
 (``ConfigError``): unreadable JSON, missing keys, a video whose ``length`` is not its number of
-``file_names``, a missing frame file, a segmentation list whose length is not the video's length,
+``file_names``, a missing frame file or one that is not an image of the video's size (read from its header,
+no pixel decoded), a segmentation list whose length is not the video's length,
 an undecodable RLE or polygon (checked in linear time before pycocotools sees it), an ``areas``
 entry that is not a number. Annotations whose category is missing from the category list are
-dropped, as ``ytvoseval`` does, with one warning (``Annotations.warnings``).
+dropped, as ``ytvoseval`` does, with one warning (``Annotations.warnings``). A split without a
+frame stops a command that needs it (``YTVISDataset.check_not_empty``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from prunebench.errors import ConfigError
@@ -350,8 +352,34 @@ class Annotations:
                 "categories": [{"id": k, "name": n} for k, n in self.categories.items()]}
 
 
+def frame_problem(path: Path, height: int, width: int) -> str | None:
+    """What is wrong with the frame file ``path`` of a ``height`` x ``width`` video, or None.
+
+    Judged from the image header alone: ``Image.open`` identifies the format and reads the size
+    lazily, without decoding a pixel (a few tens of microseconds per JPEG frame).
+    """
+    try:
+        with Image.open(path) as image:
+            frame_width, frame_height = image.size
+    except FileNotFoundError:
+        return f"file {path} is missing"
+    except UnidentifiedImageError:
+        return f"file {path} is not an image; allowed: an image file (JPEG, PNG, ...)"
+    except (OSError, Image.DecompressionBombError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        return f"file {path} cannot be read as an image ({reason}); allowed: a readable image file"
+    if (frame_height, frame_width) != (height, width):
+        return (f"file {path} is {frame_height}x{frame_width} (height x width), not the video's {height}x{width}; "
+                "allowed: frames of the video's height and width")
+    return None
+
+
 class YTVISDataset:
-    """A validated YouTube-VIS split with its frames. ``videos`` in file order."""
+    """A validated YouTube-VIS split with its frames. ``videos`` in file order.
+
+    Every frame file is checked from its header (it exists, is an image, has the video's height and
+    width) before anything runs; see ``frame_problem``.
+    """
 
     def __init__(self, root: str | Path, split: str):
         self.root = Path(root)
@@ -360,15 +388,24 @@ class YTVISDataset:
         self.categories = self.annotations.categories
         self.sha256 = self.annotations.sha256
         self.frames_dir = self.root / (self.annotations.frames_split or split) / "JPEGImages"
-        self.videos = []
-        for vid, meta in self.annotations.videos.items():
-            paths = tuple(self.frames_dir / name for name in meta["file_names"])
-            for index, path in enumerate(paths):
-                if not path.is_file():
-                    raise self.annotations.fail(f"video {vid} frame {index}", f"file {path} is missing")
-            self.videos.append(Video(vid, meta["height"], meta["width"], paths, tuple(self.annotations.instances[vid])))
+        self.videos = [self._video(vid, meta) for vid, meta in self.annotations.videos.items()]
         for message in self.annotations.warnings:
             logger.warning(message)
+
+    def _video(self, vid: int, meta: dict[str, Any]) -> Video:
+        """Video ``vid`` with its frame files checked (ConfigError naming the file and the video)."""
+        paths = tuple(self.frames_dir / name for name in meta["file_names"])
+        for index, path in enumerate(paths):
+            problem = frame_problem(path, meta["height"], meta["width"])
+            if problem is not None:
+                raise self.annotations.fail(f"video {vid} frame {index}", problem)
+        return Video(vid, meta["height"], meta["width"], paths, tuple(self.annotations.instances[vid]))
+
+    def check_not_empty(self, key: str) -> None:
+        """ConfigError (one line naming the split, ``key`` of the config, and the root) if no video has a frame."""
+        if not any(len(video) for video in self.videos):
+            raise ConfigError(f"{key} '{self.split}' of {self.root} is empty: {self.annotations.path.name} lists no "
+                              "video with frames; allowed: a split with at least one video")
 
     def ground_truth(self) -> dict[str, Any]:
         """See ``Annotations.ground_truth``."""

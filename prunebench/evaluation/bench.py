@@ -19,6 +19,7 @@ import torch
 from prunebench.evaluation.accounting import TokenAccountant
 from prunebench.evaluation.flops import backbone_cost
 from prunebench.models.presets import params_for_target
+from prunebench.models.registry import AdapterName
 from prunebench.models.vit import PrunableViT, create_backbone
 
 
@@ -27,7 +28,7 @@ def calibrate(model: PrunableViT, frames: list[torch.Tensor], steps: int, lr: fl
     selectors = list(model.method.parameters())
     if not selectors or not model.method.image_dependent or steps <= 0:
         return
-    frozen = [p for p in model.vit.parameters() if p.requires_grad]
+    frozen = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("method.")]
     for p in frozen:
         p.requires_grad_(False)
     optimizer = torch.optim.Adam(selectors, lr=lr)
@@ -46,11 +47,12 @@ def calibrate(model: PrunableViT, frames: list[torch.Tensor], steps: int, lr: fl
 
 
 def preset_model(backbone: str, method: str, target: float, calibration_frames: list[torch.Tensor],
-                 steps: int, seed: int = 0) -> PrunableViT:
+                 steps: int, seed: int = 0, adapter: AdapterName = "none") -> PrunableViT:
     """``method`` (``dense``: no pruning) at its preset for goal PKR ``target``, seeded random weights,
     selectors calibrated on ``calibration_frames``; in eval mode."""
     torch.manual_seed(seed)
-    model = create_backbone(backbone, method, {} if method == "dense" else params_for_target(method, target))
+    params = {} if method == "dense" else params_for_target(method, target)
+    model = create_backbone(backbone, method, params, adapter=adapter)
     calibrate(model, calibration_frames, steps)
     return model.eval()
 

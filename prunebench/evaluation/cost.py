@@ -14,9 +14,10 @@ from prunebench.data.ytvis import YTVISDataset
 from prunebench.errors import ConfigError
 from prunebench.evaluation.accounting import TokenAccountant
 from prunebench.evaluation.flops import backbone_cost
+from prunebench.models.registry import AdapterName
 from prunebench.models.vit import check_image_size, create_backbone
 from prunebench.progress import Progress
-from prunebench.typed import to_dict
+from prunebench.validation import to_dict
 
 log = logging.getLogger(__name__)
 MAC_UNIT = "GMACs (multiply-accumulates, fvcore convention; GFLOPs = 2 x GMACs)"
@@ -45,8 +46,13 @@ def measure_flops(
     seed: int = 0,
     split: str = "valid",
     max_frames: int = 200,
+    adapter: AdapterName = "none",
 ) -> dict[str, Any]:
     """Cost per frame of ``method`` on ``backbone`` at ``img_size`` (batch 1, inference path).
+
+    With an ``adapter`` the counts cover the adapter too (``gmacs``, ``gmacs_dense``: the whole
+    backbone); the result then also gives the adapter's own share ``gmacs_adapter`` and its
+    parameters ``adapter_params``.
 
     Methods with a fixed keep schedule can be counted on one random frame; methods whose kept count
     depends on the image need real frames: ``data`` (a YouTube-VIS folder), whose ``split`` is read in
@@ -55,8 +61,8 @@ def measure_flops(
     """
     check_image_size(*img_size)
     torch.manual_seed(seed)
-    model = create_backbone(backbone, method, params).eval()
-    dense = create_backbone(backbone, "dense").eval()
+    model = create_backbone(backbone, method, params, adapter=adapter).eval()
+    dense = create_backbone(backbone, "dense", adapter=adapter).eval()
     if data is None and model.method.image_dependent:
         raise ConfigError(
             f"method '{method}' keeps an image-dependent number of tokens; pass --data DIR "
@@ -66,7 +72,7 @@ def measure_flops(
         frames: Iterator[tuple[bool, torch.Tensor]] = iter([(True, torch.randn(1, 3, *img_size, generator=torch.Generator().manual_seed(seed)))])
     else:
         frames = _video_frames(data, split, img_size, max_frames)
-    accountant, gmacs, pruner, state = TokenAccountant(), [], [], None
+    accountant, gmacs, pruner, adapter_gmacs, state = TokenAccountant(), [], [], [], None
     generator = torch.Generator().manual_seed(seed)
     image = None
     for first, image in frames:
@@ -74,11 +80,13 @@ def measure_flops(
         accountant.update(cost.output.block_keep)
         gmacs.append(cost.gmacs)
         pruner.append(cost.gmacs_pruner)
+        adapter_gmacs.append(cost.gmacs_adapter)
         state = cost.output.state
     if image is None:
         raise ConfigError(f"--data {data}: split '{split}' has no frames")
-    return {
+    result = {
         "backbone": backbone,
+        "adapter": adapter,
         "method": method,
         "params": to_dict(model.method.params),
         "img_size": list(img_size),
@@ -91,3 +99,7 @@ def measure_flops(
         "per_block_tokens": accountant.per_block_tokens,
         "pruner_params": model.method.num_parameters(),
     }
+    if model.adapter is not None:
+        result["gmacs_adapter"] = sum(adapter_gmacs) / len(adapter_gmacs)
+        result["adapter_params"] = model.adapter.num_parameters()
+    return result

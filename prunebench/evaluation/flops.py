@@ -2,9 +2,13 @@
 
 Convention (the published tables' fvcore style): one multiply-accumulate = 1 MAC; a LayerNorm
 counts 5 MACs per element; softmax, GELU, element-wise ops, pooling, gather/scatter count 0.
-FlopCounterMode counts 2 FLOPs per multiply-add, so MACs = FLOPs / 2. Two operators it does not
+FlopCounterMode counts 2 FLOPs per multiply-add, so MACs = FLOPs / 2. Operators it does not
 know are mapped: CPU fused attention (``_scaled_dot_product_flash_attention_for_cpu``, the same
-formula as the CUDA kernels) and ``native_layer_norm`` (10 FLOPs = 5 MACs per element).
+formula as the CUDA kernels), ``native_layer_norm`` (10 FLOPs = 5 MACs per element) and
+``grid_sampler`` (the sampling of multi-scale deformable attention, ViT-Adapter's): **5 MACs per
+sampled value**, 4 for the bilinear interpolation (fvcore's rule) plus 1 for the multiply-add with
+its attention weight, which the deformable attention does as an element-wise product and sum the
+counter does not see. BatchNorm, max pooling and ``interpolate`` count 0 (element-wise/resampling).
 """
 
 from __future__ import annotations
@@ -26,9 +30,17 @@ def _layer_norm_flops(input_shape: Any, *args: Any, out_shape: Any = None, **kwa
     return 10 * math.prod(input_shape)
 
 
+def _grid_sampler_flops(input_shape: Any, grid_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    batch, channels = input_shape[:2]
+    return 2 * 5 * batch * channels * math.prod(grid_shape[1:-1])
+
+
 _MAPPING = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
     torch.ops.aten.native_layer_norm: _layer_norm_flops,
+    # inference mode dispatches the composite ``grid_sampler``, autograd mode its 2-D kernel
+    torch.ops.aten.grid_sampler: _grid_sampler_flops,
+    torch.ops.aten.grid_sampler_2d: _grid_sampler_flops,
 }
 
 
@@ -43,6 +55,13 @@ class MacCount:
         """MACs spent inside the module ``prefix`` (a FlopCounterMode module path)."""
         return self.by_module.get(prefix, 0.0)
 
+    def below(self, prefix: str) -> float:
+        """MACs spent inside ``prefix`` or its submodules, each op once: also for a module that was never
+        called itself (only its children were), which has no entry of its own."""
+        names = [n for n in self.by_module if n == prefix or n.startswith(prefix + ".")]
+        outermost = [n for n in names if not any(n.startswith(other + ".") for other in names)]
+        return sum(self.by_module[n] for n in outermost)
+
 
 def count_macs(fn: Callable[[], Any]) -> tuple[MacCount, Any]:
     """Run ``fn()`` once under the counter; return its MACs and its result."""
@@ -55,18 +74,24 @@ def count_macs(fn: Callable[[], Any]) -> tuple[MacCount, Any]:
 
 @dataclass
 class BackboneCost:
-    """Cost of one backbone pass at batch 1, in GMACs, and the output it produced."""
+    """Cost of one backbone pass at batch 1, in GMACs, and the output it produced.
+
+    ``gmacs`` is the whole pass (ViT, adapter, pruner); ``gmacs_adapter`` and ``gmacs_pruner`` are
+    the shares of the adapter (0 without one) and of the pruner within it.
+    """
 
     gmacs: float
     gmacs_pruner: float
     output: Any
+    gmacs_adapter: float = 0.0
 
 
 def backbone_cost(model: torch.nn.Module, images: torch.Tensor, **forward_kwargs: Any) -> BackboneCost:
-    """Count one inference pass of a ``PrunableViT``; split off the pruner's own MACs.
+    """Count one inference pass of a ``PrunableViT``; split off the adapter's and the pruner's MACs.
 
-    The pruner's share is everything outside the ViT's patch embedding, blocks and final norm
-    (selectors, Map-SM association, TPS squeeze).
+    The adapter's share is everything run inside its modules (spatial prior, injectors, extractors,
+    output pyramid); the pruner's is everything outside the ViT's patch embedding, blocks and final
+    norm and outside the adapter (selectors, Map-SM association, TPS squeeze).
     """
     root = type(model).__name__
     with torch.inference_mode():
@@ -74,4 +99,6 @@ def backbone_cost(model: torch.nn.Module, images: torch.Tensor, **forward_kwargs
     vit_parts = [f"{root}.vit.patch_embed", f"{root}.vit.norm"]
     vit_parts += [f"{root}.vit.blocks.{i}" for i in range(len(model.vit.blocks))]
     backbone = sum(macs.within(name) for name in vit_parts)
-    return BackboneCost(gmacs=macs.total / 1e9, gmacs_pruner=(macs.total - backbone) / 1e9, output=output)
+    adapter = macs.below(f"{root}.adapter")  # its parts run between the blocks, the adapter itself is never called
+    return BackboneCost(gmacs=macs.total / 1e9, gmacs_pruner=(macs.total - backbone - adapter) / 1e9, output=output,
+                        gmacs_adapter=adapter / 1e9)

@@ -177,7 +177,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
     generator = torch.Generator(device=device).manual_seed(config.seed)
     tracker, accountant, ioi = QueryTracker(config.top_k, config.nms_iou), TokenAccountant(), IoIMeter()
     precision = ForegroundMeter()
-    dense = create_backbone(model.backbone.backbone_name, "dense").to(device).eval()
+    dense = create_backbone(model.backbone.backbone_name, "dense", adapter=model.backbone.adapter_name).to(device).eval()
     dense_gmacs: dict[tuple[int, int], float] = {}
     results, gmacs, kept_examples = [], [], []
     needs_foreground = model.backbone.method.needs_foreground

@@ -1,8 +1,9 @@
 """Typed, validated method parameters (names as in docs/contracts.md §4).
 
 Each pruning method declares a frozen dataclass of its parameters. ``parse_params`` turns a plain
-mapping (from YAML, ``--set`` or a search space) into that dataclass, coercing types and rejecting
-unknown names; each dataclass's ``validate`` then checks ranges against the backbone depth.
+mapping (from YAML, ``--set`` or a search space) into that dataclass with pydantic's strict rules
+(``prunebench.validation.build_dataclass``: unknown names and wrong types refused); the dataclass's
+``validate`` then checks ranges against the backbone depth with the helpers below.
 """
 
 from __future__ import annotations
@@ -11,17 +12,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prunebench.errors import ConfigError
-from prunebench.typed import build_dataclass
+from prunebench.validation import build_dataclass
 
 
-def parse_params(method: str, params_cls: type, raw: Mapping[str, Any] | None, depth: int) -> Any:
-    """Build and validate ``params_cls`` from ``raw``; raise ConfigError on the first bad entry."""
-    params = build_dataclass(
-        params_cls, raw or {},
-        unknown=lambda key, allowed: f"unknown parameter '{key}' for method '{method}'; allowed: {allowed}",
-        wrong=lambda key, value, expected: f"{method}: {key}={value!r} has the wrong type; allowed: {expected}",
-    )
-    params.validate(method, depth)
+def parse_params(method: str, params_cls: type, raw: Mapping[str, Any] | None, depth: int, key: str | None = None) -> Any:
+    """Build and validate ``params_cls`` from ``raw``; raise ConfigError on the first bad entry.
+
+    Errors name the parameters after ``key`` (``method.params.kappa must be ...``,
+    ``method.params: kappa=1.5 is outside ...``) or, without it, after the method (``vpp: ...``).
+    """
+    if key is None:
+        params = build_dataclass(params_cls, raw or {}, where=method)
+    else:
+        params = build_dataclass(params_cls, raw or {}, prefix=f"{key}.")
+    params.validate(key or method, depth)
     return params
 
 

@@ -5,6 +5,10 @@
 - VPP: the official configs, κ = 0.7, q = 0.8 (55 %) and κ = 0.6, q = 0.7 (40 %; docs/methods.md §2.7).
 - SViT: the three-level schedule q, q², q³ over blocks 3..11 solving (3 + 3(q + q² + q³))/12 = P,
   q ≈ 0.607 (55 %) and 0.39 (40 %); the authors' values are unpublished (docs/methods.md §3.5).
+
+EViT and ToMe have no published settings at these goals; they join the benchmark's grid through their
+keep families (``params_for_pkr``): EViT moves κ (implied PKR (4 + 3κ + 3κ² + 2κ³)/12 at positions
+3, 6, 9), ToMe moves ``rate``, the fraction of the grid merged per block (docs/methods.md §7).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 from scipy.optimize import brentq
 
+from prunebench.baselines.tome import MAX_RATE
 from prunebench.errors import ConfigError
 from prunebench.models.registry import build_method, method_class
 
@@ -44,7 +49,8 @@ def pruning_methods() -> list[str]:
 
 
 #: the one-dimensional family of parameters along which each method's keep level moves, and its range.
-#: VPP moves on the line through the two official configurations, (κ 0.7, q 0.8) and (κ 0.6, q 0.7).
+#: VPP moves on the line through the two official configurations, (κ 0.7, q 0.8) and (κ 0.6, q 0.7);
+#: ToMe's merge rate falls as the level rises (level 0.5: no merging).
 _FAMILIES: dict[str, tuple[Callable[[float], dict[str, Any]], float, float]] = {
     "dynamicvit": (lambda x: {"rho": x}, 0.05, 1.0),
     "tps": (lambda x: {"rho": x}, 0.05, 1.0),
@@ -52,6 +58,8 @@ _FAMILIES: dict[str, tuple[Callable[[float], dict[str, Any]], float, float]] = {
     "oracle": (lambda x: {"rho": x}, 0.05, 1.0),
     "svit": (lambda x: {"q": x}, 0.05, 1.0),
     "vpp": (lambda x: {"kappa": x - 0.1, "q": x}, 0.15, 1.0),
+    "evit": (lambda x: {"kappa": x}, 0.05, 1.0),
+    "tome": (lambda x: {"rate": MAX_RATE - x}, 0.0, MAX_RATE),
 }
 
 

@@ -10,6 +10,13 @@ Candidates are the currently active tokens for methods without reactivation (VPP
 TPS), and all tokens for methods with reactivation (SViT). The backbone multiplies the method's
 decision with the candidate weight, so the mask recorded for a stage is always the *cumulative*
 keep mask of all N tokens that is in force from that block on.
+
+Methods that shorten the sequence *inside* a block, which a keep mask cannot express (EViT's fused
+token, ToMe's merges), use the one extension of this interface instead of ``select``: at their
+``merge_positions`` the backbone runs the block's attention half, hands the method the sequence
+with the attention's keys (and probabilities) as ``TokenGroups``, and runs the MLP half on the
+sequence the method's ``Merge`` describes. The backbone keeps track of which token carries each
+patch and returns the dense map of all N patches (``prunebench.models.merging``).
 """
 
 from __future__ import annotations
@@ -72,6 +79,11 @@ def topk_mask(scores: Tensor, k: int, valid: Tensor | None = None) -> Tensor:
     k = min(k, scores.shape[1])
     index = scores.topk(k, dim=1).indices
     return torch.zeros_like(scores).scatter_(1, index, 1.0)
+
+
+def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """``x[b, index[b, i]]`` for tokens ``x`` ``(B, n, D)`` and ``index`` ``(B, m)``."""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def keep_count(num_tokens: int, ratio: float) -> int:
@@ -137,6 +149,50 @@ class Selection:
 
 
 @dataclass
+class TokenGroups:
+    """The sequence a merging method sees inside a block, after the attention residual.
+
+    Attributes:
+        tokens: ``(B, n, D)`` features after the block's attention residual.
+        size: ``(B, n)`` number of grid patches each token stands for (1 for a patch of its own,
+            0 for a token that stands for none, such as EViT's fused token).
+        keys: ``(B, heads, n, D/heads)`` the keys of the block's attention.
+        attention: ``(B, heads, n, n)`` attention probabilities (rows are queries), computed only
+            for methods with ``needs_attention``; None otherwise.
+        grid: ``(h, w)`` of the full token grid; ``N = h·w``.
+    """
+
+    tokens: Tensor
+    size: Tensor
+    keys: Tensor
+    attention: Tensor | None
+    grid: tuple[int, int]
+
+    @property
+    def num_tokens(self) -> int:
+        """N, the number of tokens of the full grid."""
+        return self.grid[0] * self.grid[1]
+
+
+@dataclass
+class Merge:
+    """A merging method's answer inside a block: the shorter sequence the MLP half runs on.
+
+    Attributes:
+        tokens: ``(B, m, D)`` the new sequence (the same ``m`` for every sample).
+        dest: ``(B, n)`` long, for each old token the index in the new sequence that carries its
+            patches from now on (its own slot, or the token it was merged into); −1 when its
+            patches leave the sequence and keep the old token's current features in the dense map.
+        host: ``(B, m)`` long, for each new token the old token whose grid cell it occupies in the
+            keep mask; −1 for a token without a cell (EViT's fused token).
+    """
+
+    tokens: Tensor
+    dest: Tensor
+    host: Tensor
+
+
+@dataclass
 class StageRecord:
     """What happened at one pruning position: the cumulative keep mask ``(B, N)`` from there on."""
 
@@ -174,6 +230,8 @@ class PruningMethod(nn.Module, abc.ABC):
     ``observation_points`` + ``observe`` to read the token map between blocks (VPP's state).
     Every method with positions states its keep targets (``stage_targets``) and which of them a
     loss learns (``learned_stages``); the others are fixed by construction (top-k counts).
+
+    Methods that shorten the sequence inside blocks derive from ``MergingMethod`` instead.
     """
 
     name: ClassVar[str]
@@ -225,6 +283,35 @@ class PruningMethod(nn.Module, abc.ABC):
     def num_parameters(self) -> int:
         """Parameters the method adds to the backbone."""
         return sum(p.numel() for p in self.parameters())
+
+
+class MergingMethod(PruningMethod):
+    """Base class of methods that shorten the sequence inside blocks (EViT, ToMe).
+
+    Inside each block of ``merge_positions`` the backbone runs the attention half, calls ``merge``
+    and runs the MLP half on the sequence it returns. Such a method has no ``positions`` and no
+    observation points, so ``select`` is never called. Its ``stage_targets`` are keyed by the
+    block from whose input a merge's count is in force (merge position + 1), since a merge inside
+    block ``p`` changes the tokens *entering* block ``p + 1`` (PKR counts tokens entering blocks).
+    """
+
+    #: True when ``merge`` reads the attention probabilities (the block then computes them explicitly)
+    needs_attention: ClassVar[bool] = False
+    #: True when every key's attention logit gets ``log size`` added (ToMe's proportional attention)
+    proportional_attention: ClassVar[bool] = False
+
+    @property
+    @abc.abstractmethod
+    def merge_positions(self) -> tuple[int, ...]:
+        """Blocks inside which ``merge`` is called, in increasing order."""
+
+    @abc.abstractmethod
+    def merge(self, position: int, groups: TokenGroups, ctx: FrameContext) -> Merge | None:
+        """Shorten the sequence inside block ``position``; None leaves it as it is."""
+
+    def select(self, position: int, candidates: Candidates, ctx: FrameContext) -> Selection:
+        """Never called: a merging method has no ``positions``."""
+        raise NotImplementedError(f"method '{self.name}' merges inside blocks; it has no keep positions")
 
 
 def ratio_error(keep: Tensor, target: float, per_sample: bool = False) -> Tensor:

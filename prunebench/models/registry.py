@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from prunebench.errors import ConfigError
 from prunebench.models.params import parse_params
@@ -28,6 +28,9 @@ BACKBONES: dict[str, tuple[str, int, int, int]] = {
     "vit_tiny": ("vit_tiny_patch16_224", 192, 3, 12),
     "vit_small": ("vit_small_patch16_224", 384, 6, 12),
 }
+
+#: what surrounds the ViT: nothing (a simple pyramid in the VIS model) or ViT-Adapter (``models.adapter``)
+AdapterName = Literal["none", "vit_adapter"]
 
 
 def _qualified(cls: type) -> str:

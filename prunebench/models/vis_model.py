@@ -1,9 +1,10 @@
-"""The VIS network: PrunableViT → simple pyramid → Mask2Former (transformers) per frame.
+"""The VIS network: PrunableViT → pyramid → Mask2Former (transformers) per frame.
 
 The Mask2Former pixel decoder, masked-attention transformer decoder and loss (Hungarian
 matching, class + mask BCE + dice on sampled points) are transformers' own. Its backbone is
-replaced by a stand-in that returns the strides 4/8/16/32 maps a ViTDet-style simple pyramid
-builds from the PrunableViT's dense stride-16 map (docs/platform.md §3).
+replaced by a stand-in that returns the strides 4/8/16/32 maps: those a ViTDet-style simple pyramid
+builds from the PrunableViT's dense stride-16 map (docs/platform.md §3), or, when the backbone has a
+ViT-Adapter, the adapter's own 4-level output (D channels each).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 from transformers import (
     Mask2FormerConfig,
@@ -22,23 +24,23 @@ from transformers.models.mask2former.modeling_mask2former import Mask2FormerPixe
 from transformers.utils import ModelOutput
 
 from prunebench.models.vit import BackboneOutput, PrunableViT
+from prunebench.validation import ConfigModel
 
 
-@dataclass(frozen=True)
-class HeadConfig:
-    """Size of the Mask2Former head (defaults: a small head for CPU runs)."""
+class HeadConfig(ConfigModel):
+    """Size of the Mask2Former head (defaults: a small head for CPU runs); a config section (``model.head``)."""
 
-    num_queries: int = 10
-    hidden_dim: int = 64
-    decoder_layers: int = 3
-    pixel_decoder_layers: int = 2
-    heads: int = 4
-    feedforward_dim: int = 256
-    train_points: int = 1024
-    class_weight: float = 2.0
-    mask_weight: float = 5.0
-    dice_weight: float = 5.0
-    no_object_weight: float = 0.1
+    num_queries: int = Field(10, ge=1)
+    hidden_dim: int = Field(64, ge=1)
+    decoder_layers: int = Field(3, ge=1)
+    pixel_decoder_layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    feedforward_dim: int = Field(256, ge=1)
+    train_points: int = Field(1024, ge=1)
+    class_weight: float = Field(2.0, ge=0)
+    mask_weight: float = Field(5.0, ge=0)
+    dice_weight: float = Field(5.0, ge=0)
+    no_object_weight: float = Field(0.1, ge=0)
 
 
 class SimplePyramid(nn.Module):
@@ -86,13 +88,18 @@ class FrameOutput:
 
 
 class VISModel(nn.Module):
-    """PrunableViT + pyramid + Mask2Former; one call = one frame of each stream in the batch."""
+    """PrunableViT + pyramid + Mask2Former; one call = one frame of each stream in the batch.
+
+    The pyramid is a ``SimplePyramid`` for a plain backbone, None for one with an adapter (whose
+    output already is a pyramid).
+    """
 
     def __init__(self, backbone: PrunableViT, num_classes: int, head: HeadConfig = HeadConfig()):
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
-        self.pyramid = SimplePyramid(backbone.embed_dim, head.hidden_dim)
+        self.pyramid = SimplePyramid(backbone.embed_dim, head.hidden_dim) if backbone.adapter is None else None
+        channels = self.pyramid.channels if self.pyramid is not None else [backbone.embed_dim] * 4
         config = Mask2FormerConfig(
             backbone_config=SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
                                        out_features=["stage1", "stage2", "stage3", "stage4"]),
@@ -105,8 +112,8 @@ class VISModel(nn.Module):
         )
         self.head = Mask2FormerForUniversalSegmentation(config)
         pixel_module = self.head.model.pixel_level_module
-        pixel_module.encoder = _PrecomputedFeatures(self.pyramid.channels)
-        pixel_module.decoder = Mask2FormerPixelDecoder(config, feature_channels=self.pyramid.channels)
+        pixel_module.encoder = _PrecomputedFeatures(channels)
+        pixel_module.decoder = Mask2FormerPixelDecoder(config, feature_channels=channels)
         # a module built after the model was constructed misses transformers' weight init:
         # without this its parameters are uninitialised memory (level_embed ~1e38, NaN offsets)
         for module in pixel_module.decoder.modules():
@@ -127,8 +134,9 @@ class VISModel(nn.Module):
 
     def decode(self, images: Tensor, backbone_out: BackboneOutput,
                targets: list[tuple[Tensor, Tensor]] | None = None) -> FrameOutput:
-        """Run the pyramid and Mask2Former on a backbone output."""
-        self.head.model.pixel_level_module.encoder.maps = self.pyramid(backbone_out.features)
+        """Run the pyramid (the adapter's, if any) and Mask2Former on a backbone output."""
+        maps = backbone_out.pyramid if self.pyramid is None else self.pyramid(backbone_out.features)
+        self.head.model.pixel_level_module.encoder.maps = maps
         kwargs = {}
         if targets is not None:
             kwargs = {"mask_labels": [m for m, _ in targets], "class_labels": [c for _, c in targets]}

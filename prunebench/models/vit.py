@@ -11,13 +11,19 @@ Two execution paths compute the same function:
   (one batched call per block rather than a per-sample loop); batch 1 needs no padding or mask.
 
 Either way the output is the dense ``h×w`` map of all tokens, plus the keep mask entering each
-block.
+block. Merging methods (EViT, ToMe), which shorten the sequence inside blocks, run one execution on
+both paths: ``prunebench.models.merging``.
+
+With ``adapter="vit_adapter"`` (``prunebench.models.adapter``) the ViT-Adapter's injectors update the
+full token map before the first block of each interaction stage, pruned tokens included, on both
+paths; its extractors read the full map after each stage; the output adds its 4-level pyramid.
+(Merging methods do not run inside the adapter yet.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import timm
 import torch
@@ -25,13 +31,18 @@ from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
 from prunebench.errors import ConfigError
+from prunebench.models.adapter import Interaction, ViTAdapter
+from prunebench.models.blocks import SplitBlock
+from prunebench.models.merging import run_merging
 from prunebench.models.pruning import (
     Candidates,
     FrameContext,
+    MergingMethod,
     PruningMethod,
     StageRecord,
+    gather_tokens,
 )
-from prunebench.models.registry import backbone_spec, build_method
+from prunebench.models.registry import AdapterName, backbone_spec, build_method
 
 PATCH_SIZE = 16
 Path = Literal["masked", "gather"]
@@ -48,6 +59,7 @@ class BackboneOutput:
             keeps none).
         records: one ``StageRecord`` per pruning position, in order.
         loss: the method's auxiliary loss (training mode), else None.
+        pyramid: with an adapter, its strides 4/8/16/32 maps ``(B, D, ·, ·)``; else None.
     """
 
     features: Tensor
@@ -55,6 +67,7 @@ class BackboneOutput:
     state: dict[str, Any] | None
     records: list[StageRecord]
     loss: Tensor | None
+    pyramid: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
 
 def check_image_size(height: int, width: int) -> None:
@@ -95,19 +108,22 @@ def _gather_plan(active: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
     return order, (None if bool(valid.all()) else valid)
 
 
-def _gather(x: Tensor, index: Tensor) -> Tensor:
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
-
-
 def _scatter(x: Tensor, index: Tensor, values: Tensor) -> Tensor:
     return x.scatter(1, index[..., None].expand(-1, -1, x.shape[-1]), values)
 
 
 class PrunableViT(nn.Module):
-    """A timm ``VisionTransformer`` without class token whose tokens a ``PruningMethod`` prunes."""
+    """A timm ``VisionTransformer`` without class token whose tokens a ``PruningMethod`` prunes,
+    optionally inside a ViT-Adapter (``adapter="vit_adapter"``).
 
-    def __init__(self, backbone: str, method: PruningMethod, drop_path_rate: float = 0.0):
+    Its blocks are ``SplitBlock``s: timm's block, which merging methods can also run half by half.
+    """
+
+    def __init__(self, backbone: str, method: PruningMethod, drop_path_rate: float = 0.0,
+                 adapter: AdapterName = "none"):
         super().__init__()
+        if adapter not in get_args(AdapterName):
+            raise ConfigError(f"unknown adapter '{adapter}'; allowed: {', '.join(get_args(AdapterName))}")
         timm_name, dim, _, depth = backbone_spec(backbone)
         if method.dim != dim or method.depth != depth:
             raise ConfigError(
@@ -123,10 +139,16 @@ class PrunableViT(nn.Module):
             global_pool="",  # keeps the final LayerNorm in ``norm`` (timm moves it to an unused fc_norm for "avg")
             dynamic_img_size=True,
             drop_path_rate=drop_path_rate,
+            block_fn=SplitBlock,
         )
         self.method = method
         self.embed_dim = dim
         self.depth = depth
+        self.adapter_name = adapter
+        if adapter != "none" and isinstance(method, MergingMethod):
+            raise ConfigError(f"method '{method.name}' merges tokens, which model.adapter={adapter} does not support yet; "
+                              "allowed: model.adapter=none for merging methods (evit, tome)")
+        self.adapter = ViTAdapter(dim, depth, drop_path_rate) if adapter == "vit_adapter" else None
 
     def embed(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """Patch-embed and add position embeddings resized (bicubic) to the image's grid."""
@@ -156,31 +178,23 @@ class PrunableViT(nn.Module):
             state: the ``state`` of the previous frame's output for the same video streams, or
                 None on the first frame of a stream.
             generator: seeds the selectors' noise (None: torch's global generator).
-            path: ``masked`` or ``gather``; default: masked in training mode, gather in eval mode.
+            path: ``masked`` or ``gather``; default: masked in training mode, gather in eval mode
+                (merging methods run the same computation on both).
             foreground: ``(B, N)`` ground-truth foreground patches, for methods that
                 ``needs_foreground`` (see ``prunebench.data.pipeline.foreground_patches``).
         """
         path = path or ("masked" if self.training else "gather")
         x, grid = self.embed(images)
-        batch, num_tokens, _ = x.shape
+        interaction = self.adapter.start(images, grid) if self.adapter is not None else None
+        batch = x.shape[0]
         method = self.method
         ctx = FrameContext(
             grid=grid, training=self.training, generator=generator, foreground=foreground, state_in=state,
         )
-        positions, observed = set(method.positions), set(method.observation_points)
-        active: Tensor | None = None  # None = every token active
-        plan: tuple[Tensor | None, Tensor | None] = (None, None)
-        block_keep = []
-        for i, block in enumerate(self.vit.blocks):
-            if i in observed:
-                method.observe(i, x, self._full(active, x), ctx)
-            if i in positions:
-                x, active = self._stage(i, x, active, ctx, path)
-                plan = _gather_plan(active) if path == "gather" else (None, None)
-            block_keep.append(self._full(active, x))
-            x = self._run_masked(block, x, active) if path == "masked" else self._run_gathered(block, x, plan)
-        if self.depth in observed:
-            method.observe(self.depth, x, self._full(active, x), ctx)
+        if isinstance(method, MergingMethod):
+            x, block_keep = run_merging(self.vit.blocks, x, method, ctx)
+        else:
+            x, block_keep = self._run_blocks(x, ctx, path, interaction)
         x = self.vit.norm(x)
         h, w = grid
         features = x.transpose(1, 2).reshape(batch, self.embed_dim, h, w)
@@ -190,7 +204,33 @@ class PrunableViT(nn.Module):
             state=ctx.state_out or None,
             records=ctx.records,
             loss=method.loss(ctx) if self.training else None,
+            pyramid=interaction.pyramid(features) if interaction is not None else None,
         )
+
+    def _run_blocks(self, x: Tensor, ctx: FrameContext, path: Path,
+                    interaction: Interaction | None) -> tuple[Tensor, list[Tensor]]:
+        """The blocks with the method's keep masks on ``path`` (and the adapter's ``interaction``, if any):
+        the dense map and the mask entering each block."""
+        method = self.method
+        positions, observed = set(method.positions), set(method.observation_points)
+        active: Tensor | None = None  # None = every token active
+        plan: tuple[Tensor | None, Tensor | None] = (None, None)
+        block_keep = []
+        for i, block in enumerate(self.vit.blocks):
+            if interaction is not None:
+                x = interaction.before_block(i, x)  # every token, pruned ones included
+            if i in observed:
+                method.observe(i, x, self._full(active, x), ctx)
+            if i in positions:
+                x, active = self._stage(i, x, active, ctx, path)
+                plan = _gather_plan(active) if path == "gather" else (None, None)
+            block_keep.append(self._full(active, x))
+            x = self._run_masked(block, x, active) if path == "masked" else self._run_gathered(block, x, plan)
+            if interaction is not None:
+                interaction.after_block(i, x)
+        if self.depth in observed:
+            method.observe(self.depth, x, self._full(active, x), ctx)
+        return x, block_keep
 
     @staticmethod
     def _full(active: Tensor | None, x: Tensor) -> Tensor:
@@ -208,7 +248,7 @@ class PrunableViT(nn.Module):
             candidates = Candidates(x, weight, full_index, ctx.grid)
         else:
             cand_weight = x.new_ones(index.shape) if valid is None else valid.to(x.dtype)
-            candidates = Candidates(_gather(x, index), cand_weight, index, ctx.grid)
+            candidates = Candidates(gather_tokens(x, index), cand_weight, index, ctx.grid)
         selection = self.method.select(position, candidates, ctx)
         keep = selection.keep * candidates.weight
         if index is None:
@@ -237,7 +277,7 @@ class PrunableViT(nn.Module):
             return block(x)
         if index.shape[1] == 0:
             return x
-        kept = _gather(x, index)
+        kept = gather_tokens(x, index)
         if valid is None:
             out = block(kept)
         else:
@@ -250,10 +290,11 @@ def create_backbone(
     method: str = "dense",
     params: dict[str, Any] | None = None,
     drop_path_rate: float = 0.0,
+    adapter: AdapterName = "none",
 ) -> PrunableViT:
-    """Build a PrunableViT with a registered pruning method (parameters validated)."""
+    """Build a PrunableViT with a registered pruning method (parameters validated) and optional adapter."""
     _, dim, _, depth = backbone_spec(backbone)
-    return PrunableViT(backbone, build_method(method, params, dim, depth), drop_path_rate=drop_path_rate)
+    return PrunableViT(backbone, build_method(method, params, dim, depth), drop_path_rate=drop_path_rate, adapter=adapter)
 
 
 def load_timm_weights(model: PrunableViT, path: str) -> None:

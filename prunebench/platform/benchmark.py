@@ -43,7 +43,7 @@ from prunebench.platform.trial_tracking import MLflowTrials, log_final
 from prunebench.reports.report import write_report
 from prunebench.training.checkpoint import read_checkpoint
 from prunebench.training.protocol import load_datasets, load_model
-from prunebench.typed import to_dict
+from prunebench.validation import to_dict
 
 log = logging.getLogger(__name__)
 

@@ -42,13 +42,16 @@ def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"--set expects PARAM=VALUE, got '{item}'")
         try:
             out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: cannot parse value '{value}' (YAML syntax)") from None
+        except yaml.YAMLError as error:
+            problem = " ".join(str(getattr(error, "problem", None) or "syntax error").split())
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({problem})") from None
     return out
 
 
 def _add_flops(sub: argparse._SubParsersAction) -> None:
-    from prunebench.models.registry import BACKBONES
+    from typing import get_args
+
+    from prunebench.models.registry import BACKBONES, AdapterName
 
     p = sub.add_parser(
         "flops",
@@ -61,6 +64,9 @@ def _add_flops(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--backbone", default="vit_small", help=f"one of {', '.join(sorted(BACKBONES))}")
     p.add_argument("--method", default="dense", help="a registered pruning method")
+    p.add_argument("--adapter", default="none", choices=get_args(AdapterName),
+                   help="none (plain ViT) or vit_adapter (ViT-Adapter around it, counted in gmacs and reported "
+                        "alone as gmacs_adapter, adapter_params)")
     p.add_argument("--set", dest="params", action="append", default=[], metavar="PARAM=VALUE",
                    help="a method parameter, e.g. --set rho=0.7 (repeatable)")
     p.add_argument("--img-size", nargs=2, type=int, default=[224, 224], metavar=("H", "W"))
@@ -89,6 +95,7 @@ def _run_flops(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         split=args.split,
         max_frames=args.max_frames,
+        adapter=args.adapter,
     )
 
 
@@ -133,11 +140,11 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 def _run_synth(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.data.synth import SynthSpec, generate
+    from prunebench.validation import validated
 
-    spec = SynthSpec(videos=args.videos, valid_videos=args.valid_videos, frames=args.frames, height=args.height,
-                     width=args.width, seed=args.seed, scene_cut_prob=args.scene_cut_prob, hue_mode=args.hue_mode,
-                     radius_range=tuple(args.radius_range), max_objects=args.max_objects,
-                     camera_motion=args.camera_motion)
+    options = {name: getattr(args, name) for name in SynthSpec.model_fields}
+    spec = validated(SynthSpec, {**options, "radius_range": tuple(args.radius_range)},
+                     name=lambda loc: "--" + str(loc[0]).replace("_", "-"))
     return generate(args.out, spec, overwrite=args.overwrite, workers=args.workers)
 
 
@@ -298,14 +305,16 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
         check_model(config.model.backbone, method, params_for_target(method, args.target))
     if args.frames < 1 or args.warmup < 0:
         raise ConfigError(f"--frames {args.frames} / --warmup {args.warmup}: allowed: frames >= 1, warmup >= 0")
-    _, valid = load_datasets(config)
+    _, valid = load_datasets(config, need=("valid",))
     torch.set_num_threads(config.eval.threads)
     frames = list(itertools.islice(cycled_frames(valid.videos, config.data.max_size), args.frames + args.warmup))
     calibration = [f for _, f in frames[:2]]
-    models = {m: preset_model(config.model.backbone, m, args.target, calibration, args.calibration_steps, config.seed)
+    models = {m: preset_model(config.model.backbone, m, args.target, calibration, args.calibration_steps, config.seed,
+                              config.model.adapter)
               for m in ["dense", *pruning_methods()]}
     rows = compare(models, frames, args.warmup)
-    return {**rows, "settings": {"backbone": config.model.backbone, "target": args.target, "frames": args.frames,
+    return {**rows, "settings": {"backbone": config.model.backbone, "adapter": config.model.adapter,
+                                 "target": args.target, "frames": args.frames,
                                  "warmup": args.warmup, "threads": config.eval.threads,
                                  "frame_size": list(frames[0][1].shape[-2:]), "unit": "GMACs (multiply-accumulates)"}}
 
@@ -315,7 +324,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                        description="Multi-objective study (maximise AP, minimise PKR or GMACs): every trial fine-tunes "
                                    "from the dense checkpoint and evaluates; OptunaSearch (NSGA-II) with a persistent "
                                    "storage, ASHA early stopping on the training loss, one MLflow child run per trial.")
-    p.add_argument("space", help="a search-space YAML, or a shipped one: vpp, dynamicvit, tps, svit")
+    p.add_argument("space", help="a search-space YAML, or a shipped one: vpp, dynamicvit, tps, svit, evit, tome")
     p.add_argument("--config", default="demo", help="experiment preset or YAML (default: demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     p.add_argument("--from", dest="init", default=None, metavar="CKPT",
@@ -352,7 +361,9 @@ def _run_tune(args: argparse.Namespace) -> dict[str, Any]:
         from prunebench.platform.ray_train import connect
         from prunebench.platform.runs import cached_dense
         from prunebench.platform.tracking import Tracker
+        from prunebench.training.protocol import load_datasets
 
+        load_datasets(config)  # bad or empty splits stop before Ray starts
         connect(args.address)
         dense = str(cached_dense(config, Tracker(uri), None, uri, args.address).checkpoint)
     return run_study(args.space, config, dense, uri,
@@ -376,9 +387,27 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_report)
 
 
+def _report_store(explicit: str | None, out: str) -> str:
+    """The store ``report`` reads: ``--tracking-uri``, ``$MLFLOW_TRACKING_URI`` or ``<out>/mlflow.db``, checked to
+    exist and answer (see ``platform/stores.py``: reading creates no store and waits on no dead server)."""
+    from prunebench.platform.stores import check_existing_store
+
+    if explicit:
+        named, uri = f"--tracking-uri {explicit}", explicit
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        uri = os.environ["MLFLOW_TRACKING_URI"]
+        named = f"MLFLOW_TRACKING_URI={uri}"
+    else:
+        db = Path(out) / "mlflow.db"
+        if not db.is_file():
+            raise ConfigError(f"no MLflow store: pass --tracking-uri or set MLFLOW_TRACKING_URI ({db} does not exist)")
+        uri = named = f"sqlite:///{db.resolve()}"
+    check_existing_store(uri, named)
+    return uri
+
+
 def _run_report(args: argparse.Namespace) -> dict[str, Any]:
-    from prunebench.platform.runs import report_logged
-    from prunebench.platform.tracking import resolve_tracking_uri
+    from prunebench.atomic import check_folder_target
 
     try:
         targets = tuple(float(t) for t in args.targets.split(","))
@@ -386,12 +415,10 @@ def _run_report(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--goals {args.targets}: allowed: comma-separated PKR fractions, e.g. 0.55,0.40") from None
     if not all(0 < t < 1 for t in targets):
         raise ConfigError(f"--goals {args.targets}: allowed: fractions in (0, 1)")
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri is None:
-        db = Path(args.out) / "mlflow.db"
-        if not db.exists():
-            raise ConfigError(f"no MLflow store: pass --tracking-uri or set MLFLOW_TRACKING_URI ({db} does not exist)")
-        uri = resolve_tracking_uri(None, args.out)
+    uri = _report_store(args.tracking_uri, args.out)
+    check_folder_target(args.out, "--out")
+    from prunebench.platform.runs import report_logged  # Ray and MLflow: imported once the inputs passed
+
     result = report_logged(uri, args.out, args.experiment, targets)
     print(result.pop("markdown"), file=sys.stderr if args.json else sys.__stdout__, flush=True)
     return result

@@ -22,7 +22,7 @@ from prunebench.atomic import atomic_path
 from prunebench.config import ExperimentConfig
 from prunebench.data.ytvis import YTVISDataset
 from prunebench.training.checkpoint import code_version
-from prunebench.typed import to_dict
+from prunebench.validation import to_dict
 
 CACHE_ENV = "PRUNEBENCH_CACHE"
 

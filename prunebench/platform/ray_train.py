@@ -41,7 +41,7 @@ from prunebench.platform.resources import process_group_backend, worker_config
 from prunebench.training.checkpoint import CODE_VERSION_ENV, code_version, read_checkpoint, save_checkpoint
 from prunebench.training.loop import StepMetrics, mean_metrics, train_steps
 from prunebench.training.protocol import log_progress, prepare_stage
-from prunebench.typed import to_dict
+from prunebench.validation import to_dict
 
 log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"

@@ -15,7 +15,6 @@ workers (a loopback cluster with logical GPUs, ``ray start --num-gpus``, tests t
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 
 import ray
 import torch
@@ -64,7 +63,7 @@ def worker_config(config: ExperimentConfig) -> ExperimentConfig:
     if config.device != "cuda":
         return config
     if os.environ.get(FORCE_CPU_ENV) == "1":
-        return replace(config, device="cpu")
+        return config.model_copy(update={"device": "cpu"})
     if not torch.cuda.is_available():
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
         raise RuntimeError(f"device=cuda but this worker sees no GPU (CUDA_VISIBLE_DEVICES={visible}); "

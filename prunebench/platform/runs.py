@@ -32,7 +32,7 @@ from prunebench.platform.trial import TrialSpec
 from prunebench.reports.report import write_report
 from prunebench.training.checkpoint import code_version, read_meta
 from prunebench.training.protocol import evaluate_checkpoint, load_datasets
-from prunebench.typed import to_dict
+from prunebench.validation import to_dict
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def train_stage_logged(config: ExperimentConfig, stage: str, out: str | None, in
                        storage_path: str | None, address: str | None, tracking_uri: str | None,
                        max_failures: int = 3, parent: str | None = None) -> dict[str, Any]:
     """``prunebench train`` / ``finetune``: one stage on Ray Train, logged as one MLflow run."""
-    train_set, _ = load_datasets(config)
+    train_set, _ = load_datasets(config, need=("train",))
     method = "dense" if stage == "train" else config.method.name
     target = Path(out or Path(config.out) / f"{method}.safetensors").resolve()
     connect(address)

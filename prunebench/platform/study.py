@@ -17,7 +17,7 @@ their own id) never makes a second run for a trial.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from prunebench.reports.pareto import pareto_front
 from prunebench.search_spaces.loader import SearchSpace, load_space
 from prunebench.training.checkpoint import code_version
 from prunebench.training.protocol import load_datasets
-from prunebench.typed import to_dict
+from prunebench.validation import to_dict
 
 OBJECTIVES = ("pkr", "gmacs")
 
@@ -107,7 +107,7 @@ def run_study(
     _, valid_set = load_datasets(config)  # reads and checks the data before anything starts
     # the trials report their training loss ``reports`` times: ASHA's rungs
     steps = config.finetune.steps
-    config = replace(config, finetune=replace(config.finetune, log_every=max(1, steps // reports)))
+    config = config.model_copy(update={"finetune": config.finetune.model_copy(update={"log_every": max(1, steps // reports)})})
     connect(address)
     check_cluster_gpus(gpus)
     tracker = Tracker(tracking_uri)

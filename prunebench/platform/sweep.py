@@ -26,7 +26,7 @@ from prunebench.config import ExperimentConfig
 from prunebench.errors import ConfigError
 from prunebench.platform.trial import Describe, trial_function
 from prunebench.progress import Progress
-from prunebench.typed import to_dict
+from prunebench.validation import to_dict
 
 log = logging.getLogger(__name__)
 

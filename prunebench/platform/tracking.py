@@ -42,6 +42,7 @@ from mlflow.tracking import MlflowClient
 from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
 
 import prunebench
+from prunebench.atomic import staged_folder
 from prunebench.errors import ConfigError
 from prunebench.training.checkpoint import code_commit
 
@@ -161,14 +162,8 @@ def _download(source: str, folder: Path, tracking_uri: str, what: str) -> None:
 
 def _keep(path: Path, target: Path) -> Path:
     """Copy ``path`` into the new folder ``target`` (complete or absent: renamed into place); the copy's path."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    with staged_folder(target) as staging:
         shutil.copyfile(path, staging / path.name)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target / path.name
 
 

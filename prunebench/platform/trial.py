@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from prunebench.training.checkpoint import save_checkpoint
 from prunebench.training.convergence import Window
 from prunebench.training.loop import StepMetrics, mean_metrics, train_steps
 from prunebench.training.protocol import prepare_stage
-from prunebench.typed import to_dict
+from prunebench.validation import to_dict
 
 WEIGHTS = "model.safetensors"
 RESULTS = "results.json"
@@ -98,8 +98,8 @@ def run_trial(config: ExperimentConfig, spec: TrialSpec, dense: str, threads: in
     torch.set_num_threads(threads)
     config = worker_config(config)
     # evaluate on the trial's own CPUs: more threads would oversubscribe cores shared with other trials
-    config = replace(config, seed=spec.seed, method=MethodConfig(spec.method, spec.params),
-                     eval=replace(config.eval, threads=threads, seed=spec.seed))
+    config = config.model_copy(update={"seed": spec.seed, "method": MethodConfig(name=spec.method, params=spec.params),
+                                       "eval": config.eval.model_copy(update={"threads": threads, "seed": spec.seed})})
     context = ray.get_runtime_context()
     node, granted = context.get_node_id(), json.dumps(context.get_assigned_resources(), sort_keys=True)
     prepared = prepare_stage(config, "finetune", dense)

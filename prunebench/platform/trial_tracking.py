@@ -41,6 +41,12 @@ def _window(result: dict[str, Any]) -> dict[str, float]:
     return {f"train_{k}": float(result[k]) for k in keys}
 
 
+def checkpoint_uri(checkpoint: tune.Checkpoint) -> str:
+    """Where Ray stored a checkpoint: its path on a local storage, else a URI (``s3://bucket/...``)."""
+    scheme = checkpoint.filesystem.type_name  # pyarrow's name: "local", "s3", "gcs", "hdfs"
+    return f"{scheme}://{checkpoint.path}" if scheme != "local" and scheme.isalnum() else checkpoint.path
+
+
 def log_final(tracker: Tracker, run: str, result: dict[str, Any], checkpoint: tune.Checkpoint | None) -> None:
     """Log a trial's final report and checkpoint once (a second call does nothing)."""
     if tracker.client.get_run(run).data.tags.get(LOGGED_TAG) == "true":
@@ -67,7 +73,8 @@ def log_final(tracker: Tracker, run: str, result: dict[str, Any], checkpoint: tu
                 tracker.log_artifact(run, Path(folder) / WEIGHTS, "checkpoint")
                 for name in (RESULTS, KEEP_MASKS):
                     tracker.log_artifact(run, Path(folder) / name)
-        tracker.set_tags(run, {"stopped_early": "false", "checkpoint_uri": "" if checkpoint is None else checkpoint.path,
+        tracker.set_tags(run, {"stopped_early": "false",
+                               "checkpoint_uri": "" if checkpoint is None else checkpoint_uri(checkpoint),
                                "converged": "" if convergence is None else str(convergence["converged"]).lower()})
     tracker.set_tags(run, {LOGGED_TAG: "true", "node_id": str(result.get("node_id", "")),
                            "resources": str(result.get("resources", ""))})

@@ -22,6 +22,7 @@ from ray import tune
 from prunebench.errors import ConfigError
 from prunebench.models.params import parse_params
 from prunebench.models.registry import method_class
+from prunebench.validation_errors import yaml_error_line
 
 SPACES_DIR = Path(__file__).resolve().parent
 KINDS = ("uniform", "loguniform", "randint", "choice")
@@ -96,7 +97,7 @@ def _dimension(source: str, name: str, spec: Any) -> Dimension:
 
 
 def load_space(source: str | Path, depth: int = 12) -> SearchSpace:
-    """Read a space by file path or shipped name (``vpp``, ``dynamicvit``, ``tps``, ``svit``)."""
+    """Read a space by file path or shipped name (``vpp``, ``dynamicvit``, ``tps``, ``svit``, ``evit``, ``tome``)."""
     path = Path(source)
     if not path.exists() and str(source) in space_names():
         path = SPACES_DIR / f"{source}.yaml"
@@ -105,7 +106,7 @@ def load_space(source: str | Path, depth: int = 12) -> SearchSpace:
     except FileNotFoundError:
         raise ConfigError(f"{source}: search space not found; shipped: {', '.join(space_names())}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        raise ConfigError(yaml_error_line(str(path), error)) from None
     if not isinstance(raw, dict) or "method" not in raw or not isinstance(raw.get("params"), dict):
         raise ConfigError(f"{path}: a search space needs 'method' and a mapping 'params'")
     unknown_top = set(raw) - {"method", "params"}

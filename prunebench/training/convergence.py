@@ -26,7 +26,9 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from prunebench.errors import ConfigError
+from pydantic import Field
+
+from prunebench.validation import ConfigModel
 
 # Keeps exactly at the tolerance, written in decimals, pass despite binary rounding (0.56 - 0.54 > 0.02).
 _ROUNDING = 1e-9
@@ -51,23 +53,13 @@ class Verdict:
     loss_change: float | None
 
 
-@dataclass(frozen=True)
-class ConvergenceRule:
-    """The convergence rule of the module docstring, with its thresholds."""
+class ConvergenceRule(ConfigModel):
+    """The convergence rule of the module docstring, with its thresholds (the config's ``convergence``)."""
 
-    last_fraction: float = 0.2
-    keep_tolerance: float = 0.02
-    loss_tolerance: float = 0.05
-    min_windows: int = 2
-
-    def __post_init__(self) -> None:
-        if not 0 < self.last_fraction <= 1:
-            raise ConfigError(f"convergence.last_fraction={self.last_fraction}; allowed: a fraction in (0, 1]")
-        if self.keep_tolerance < 0 or self.loss_tolerance < 0:
-            raise ConfigError(f"convergence tolerances keep={self.keep_tolerance}, loss={self.loss_tolerance}; "
-                              "allowed: numbers >= 0")
-        if self.min_windows < 2:
-            raise ConfigError(f"convergence.min_windows={self.min_windows}; allowed: >= 2 (a steady keep needs two windows)")
+    last_fraction: float = Field(0.2, gt=0, le=1)
+    keep_tolerance: float = Field(0.02, ge=0)
+    loss_tolerance: float = Field(0.05, ge=0)
+    min_windows: int = Field(2, ge=2)  # a steady keep needs two windows
 
     def assess(self, windows: Sequence[Window], targets: Mapping[str, float], total_steps: int) -> Verdict:
         """Judge a run from its logging windows, its stages' target keeps and its number of steps."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from prunebench.models.vit import create_backbone, load_timm_weights
 from prunebench.progress import Progress
 from prunebench.training.checkpoint import Checkpoint, method_params, read_checkpoint, save_checkpoint
 from prunebench.training.loop import LogEvery, train_steps
-from prunebench.typed import to_dict
+from prunebench.validation import to_dict
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +42,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_datasets(config: ExperimentConfig) -> tuple[YTVISDataset, YTVISDataset]:
+def load_datasets(config: ExperimentConfig, need: Collection[str] = ("train", "valid")) -> tuple[YTVISDataset, YTVISDataset]:
     """The validated train and valid splits; generates the synthetic set first if configured and absent.
 
-    Splits that read one frame folder must not share a video (ConfigError naming the shared ids).
+    The splits named in ``need`` (``train``, ``valid``: those the command uses) must have a frame, and
+    splits that read one frame folder must not share a video (ConfigError naming the split or the shared ids).
     """
     root = Path(config.data.root)
     if config.data.synth is not None and not (root / "annotations").is_dir():
         log.info("generating synthetic videos in %s", root)
         generate(root, config.data.synth)
-    train, valid = YTVISDataset(root, config.data.train_split), YTVISDataset(root, config.data.valid_split)
-    check_disjoint(train, valid)
-    return train, valid
+    splits = {"train": YTVISDataset(root, config.data.train_split), "valid": YTVISDataset(root, config.data.valid_split)}
+    for role in need:
+        splits[role].check_not_empty(f"data.{role}_split")
+    check_disjoint(splits["train"], splits["valid"])
+    return splits["train"], splits["valid"]
 
 
 def build_model(config: ExperimentConfig, num_classes: int, method: str, params: dict[str, Any]) -> VISModel:
     """The VIS model with ``method`` (parameters validated), on the configured device."""
-    backbone = create_backbone(config.model.backbone, method, params, config.model.drop_path_rate)
+    backbone = create_backbone(config.model.backbone, method, params, config.model.drop_path_rate, config.model.adapter)
     if config.model.pretrained:
         load_timm_weights(backbone, config.model.pretrained)
     return VISModel(backbone, num_classes, config.model.head).to(config.device)
@@ -77,7 +81,7 @@ class PreparedStage:
 def prepare_stage(config: ExperimentConfig, stage: str, init_checkpoint: str | Path | None = None) -> PreparedStage:
     """Seed, read and check the data, build the model (loading the dense checkpoint when fine-tuning)."""
     seed_everything(config.seed)
-    train_set, valid_set = load_datasets(config)
+    train_set, valid_set = load_datasets(config, need=("train",))  # a trial's valid split was checked by its driver
     method, params = ("dense", {}) if stage == "train" else (config.method.name, config.method.params)
     model = build_model(config, len(train_set.categories), method, params)
     if init_checkpoint is not None:
@@ -134,7 +138,7 @@ def evaluate_checkpoint(config: ExperimentConfig, checkpoint: str | Path, out: s
     """
     loaded = read_checkpoint(checkpoint)
     meta = loaded.meta
-    _, valid_set = load_datasets(config)
+    _, valid_set = load_datasets(config, need=("valid",))
     model = load_model(config, loaded, len(valid_set.categories))
     evaluation = evaluate(model, valid_set, config.eval, config.data.max_size, config.device, timing=timing)
     metrics = evaluation.metrics
