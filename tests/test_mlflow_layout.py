@@ -2,6 +2,7 @@
 checkpoint's training run, report runs, the code version of a submitted job, and ``--from`` URIs."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -11,8 +12,9 @@ from platform_helpers import cli, write_config
 from prunebench.config import load_config
 from prunebench.errors import ConfigError
 from prunebench.platform.cli import main
-from prunebench.platform.ray_train import code_version_env
-from prunebench.platform.runs import report_logged, resolve_init
+from prunebench.platform.ray_train import LOG_LEVEL_ENV, worker_env
+from prunebench.platform.preflight import fetch_checkpoint
+from prunebench.platform.runs import report_logged
 from prunebench.platform.tracking import Tracker, resolve_tracking_uri, source_tags
 from prunebench.reports.leaderboard import fetch_runs
 from prunebench.training.checkpoint import CODE_VERSION_ENV, code_commit, code_version, read_meta, save_checkpoint
@@ -22,12 +24,13 @@ from prunebench.training.protocol import prepare_stage
 def test_code_version_env_overrides_git_and_reaches_ray_workers(monkeypatch):
     monkeypatch.setenv(CODE_VERSION_ENV, "v0.3-2-gabc1234-dirty")
     assert code_version() == "v0.3-2-gabc1234-dirty" and code_commit() == "abc1234"
-    assert code_version_env() == {"env_vars": {CODE_VERSION_ENV: "v0.3-2-gabc1234-dirty"}}
+    level = logging.getLevelName(logging.getLogger("prunebench").getEffectiveLevel())  # the driver's, handed on
+    assert worker_env() == {"env_vars": {CODE_VERSION_ENV: "v0.3-2-gabc1234-dirty", LOG_LEVEL_ENV: level}}
     monkeypatch.setenv(CODE_VERSION_ENV, "0.1.0+gdeadbee.dirty")  # a driver's code_version() handed to workers
     assert code_commit() == "deadbee"
     job = {"runtime_env": {"env_vars": {CODE_VERSION_ENV: "abc1234"}}}
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))  # a submitted job that already sets it
-    assert code_version_env() == {}
+    assert worker_env() == {"env_vars": {LOG_LEVEL_ENV: level}}
     monkeypatch.delenv(CODE_VERSION_ENV)
     assert code_version() != "0.1.0+gdeadbee.dirty"
 
@@ -97,23 +100,23 @@ def test_from_takes_a_path_or_a_runs_uri_checked_before_anything_starts(tmp_path
     config = load_config(config_path)
     dense = save_checkpoint(tmp_path / "dense.safetensors", torch.nn.Linear(2, 2),
                             {"config": {"model": {"backbone": "vit_tiny"}}, "method": "dense"})
-    assert resolve_init(str(dense), config, None) == dense
     uri = resolve_tracking_uri(None, config.out)
+    assert fetch_checkpoint(str(dense), config, uri) == dense
     tracker = Tracker(uri)
     run = tracker.run(tracker.experiment("tiny"), "train:x", name="train-dense")
     tracker.log_file_as(run, dense, "checkpoint/model.safetensors")
     source = f"runs:/{run}/checkpoint/model.safetensors"
-    fetched = resolve_init(source, config, None)
+    fetched = fetch_checkpoint(source, config, uri)
     assert fetched.name == "model.safetensors" and fetched.parent.parent == tmp_path / "runs" / "inputs"
-    assert resolve_init(source, config, None) == fetched and len(list(fetched.parent.parent.iterdir())) == 1
+    assert fetch_checkpoint(source, config, uri) == fetched and len(list(fetched.parent.parent.iterdir())) == 1
     small = load_config(config_path, {"model.backbone": "vit_small"})
     bad = [(source, small, "backbone vit_tiny"), (str(tmp_path / "none.safetensors"), config, "no such file"),
            (f"runs:/{run}/checkpoint/missing.safetensors", config, "cannot download"),
            ("http://x/y", config, "unsupported URI"), (str(config_path), config, "not a safetensors")]
     for source_, config_, message in bad:
         with pytest.raises(ConfigError, match=message):
-            resolve_init(source_, config_, None)
-    assert main(["finetune", str(config_path), "--from", "runs:/nope/model.safetensors"]) == 2
+            fetch_checkpoint(source_, config_, uri)
+    assert main(["finetune", str(config_path), "--from", "runs:/nope/model.safetensors", "--set", "method.name=tps"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("prunebench finetune: error: --from runs:/nope/model.safetensors: cannot download")
 

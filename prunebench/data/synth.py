@@ -32,6 +32,7 @@ import functools
 import hashlib
 import io
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -48,6 +49,9 @@ from pydantic import Field, field_validator
 from prunebench.atomic import check_folder_target, staged_folder
 from prunebench.errors import ConfigError
 from prunebench.validation import ConfigModel, Pair
+from prunebench.progress import Progress
+
+log = logging.getLogger(__name__)
 
 CATEGORIES = [
     {"id": 1, "name": "disk", "supercategory": "shape"},
@@ -326,7 +330,7 @@ def _render_encoded(seed: np.random.SeedSequence, spec: SynthSpec) -> tuple[list
 
 
 def _write_split(root: Path, split: str, count: int, spec: SynthSpec, seed: np.random.SeedSequence,
-                 pool: Executor | None) -> dict[str, Any]:
+                 pool: Executor | None, progress: Progress) -> dict[str, Any]:
     videos, annotations, digest = [], [], hashlib.sha256()
     frame_total = 0
     render = functools.partial(_render_encoded, spec=spec)
@@ -341,6 +345,7 @@ def _write_split(root: Path, split: str, count: int, spec: SynthSpec, seed: np.r
             file_names.append(f"{name}/{t:05d}.jpg")
             digest.update(data)
         frame_total += len(frames)
+        progress.update()
         video_id = index + 1
         videos.append({"id": video_id, "width": spec.width, "height": spec.height, "length": spec.frames,
                        "file_names": file_names})
@@ -376,16 +381,18 @@ def generate(out: str | os.PathLike[str], spec: SynthSpec, overwrite: bool = Fal
         raise ConfigError(f"{target}: folder exists and is not empty; allowed: a new folder, or --overwrite")
     # fork: the workers only draw with numpy/PIL/pycocotools, and forking skips re-importing torch
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if workers > 1 else None
+    progress = Progress("data synth", spec.videos + spec.valid_videos, "videos", logger=log)
     try:
         with staged_folder(target, replace=True) as staging:
             train_seed, valid_seed = np.random.SeedSequence(spec.seed).spawn(2)
             splits = {
-                "train": _write_split(staging, "train", spec.videos, spec, train_seed, pool),
-                "valid": _write_split(staging, "valid", spec.valid_videos, spec, valid_seed, pool),
+                "train": _write_split(staging, "train", spec.videos, spec, train_seed, pool, progress),
+                "valid": _write_split(staging, "valid", spec.valid_videos, spec, valid_seed, pool, progress),
             }
             record = {"spec": spec.record(), "splits": splits}
             (staging / "splits.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     finally:
+        progress.close()
         if pool is not None:
             pool.shutdown()
     return {

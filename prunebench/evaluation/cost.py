@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,22 +16,25 @@ from prunebench.evaluation.accounting import TokenAccountant
 from prunebench.evaluation.flops import backbone_cost
 from prunebench.models.registry import AdapterName
 from prunebench.models.vit import check_image_size, create_backbone
+from prunebench.progress import Progress
 from prunebench.validation import to_dict
 
+log = logging.getLogger(__name__)
 MAC_UNIT = "GMACs (multiply-accumulates, fvcore convention; GFLOPs = 2 x GMACs)"
 
 
 def _video_frames(data: str, split: str, img_size: tuple[int, int], max_frames: int) -> Iterator[tuple[bool, torch.Tensor]]:
     """(first frame of its video?, normalised frame resized to ``img_size``) over a YouTube-VIS split."""
     dataset = YTVISDataset(data, split)
-    count = 0
-    for video in dataset.videos:
-        for t in range(len(video)):
-            if count >= max_frames:
-                return
-            image = prepare_image(video.load_frame(t), None)[:, :video.height, :video.width]
-            yield t == 0, F.interpolate(image[None], size=img_size, mode="bilinear", align_corners=False)
-            count += 1
+    total = min(max_frames, sum(len(video) for video in dataset.videos))
+    with Progress("flops", total, "frames", logger=log) as progress:
+        for video in dataset.videos:
+            for t in range(len(video)):
+                if progress.count >= max_frames:
+                    return
+                image = prepare_image(video.load_frame(t), None)[:, :video.height, :video.width]
+                yield t == 0, F.interpolate(image[None], size=img_size, mode="bilinear", align_corners=False)
+                progress.update()
 
 
 def measure_flops(

@@ -19,6 +19,7 @@ they say how well a selector finds the objects, against the ``oracle`` control's
 from __future__ import annotations
 
 import itertools
+import logging
 import statistics
 import time
 from collections import defaultdict
@@ -41,6 +42,9 @@ from prunebench.evaluation.vis_metrics import VIDEO_AREA_RANGES, per_video_ap, s
 from prunebench.models.tracker import QueryTracker
 from prunebench.models.vis_model import VISModel
 from prunebench.models.vit import PATCH_SIZE, create_backbone
+from prunebench.progress import Progress
+
+log = logging.getLogger(__name__)
 
 
 class IoIMeter:
@@ -177,7 +181,8 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
     dense_gmacs: dict[tuple[int, int], float] = {}
     results, gmacs, kept_examples = [], [], []
     needs_foreground = model.backbone.method.needs_foreground
-    with torch.inference_mode():
+    frames = Progress("eval", sum(len(video) for video in dataset.videos), "frames", logger=log)
+    with torch.inference_mode(), frames:
         for video in dataset.videos:
             state, areas = None, _mean_areas(video)
             for t, image in enumerate(video_frames(video, max_size)):
@@ -198,6 +203,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
                 precision.update(patches.any(dim=0), backbone_out.block_keep[:, 0].cpu())
                 if len(kept_examples) < examples:
                     kept_examples.append(_example(video, t, backbone_out.block_keep[:, 0].cpu(), image.shape[-2:], max_size))
+                frames.update()
             results += tracker.finish(video.id, content_size(video.height, video.width, max_size),
                                       (video.height, video.width), category_ids)
         gt = dataset.ground_truth()

@@ -1,7 +1,8 @@
 """``prunebench benchmark``: the leaderboard run.
 
-1. Everything the run needs is checked first (methods, every parameter set, the goals bracketed by
-   the settings, the data), before Ray or MLflow start.
+1. Everything the run needs is checked first (the model, pretrained weights and device by
+   ``platform.preflight``; methods, every parameter set, the goals bracketed by the settings, the
+   data), before Ray or MLflow start.
 2. The dense model comes from the content-keyed cache or is trained once on Ray Train
    (``platform.dense_cache``).
 3. A Ray Tune grid of the dense reference (evaluated as it is) and methods × keep settings × seeds:
@@ -125,9 +126,9 @@ def run_benchmark(config: ExperimentConfig, resume: bool = False, tracking_uri: 
     storage = storage_path or str((out / "ray_results").resolve())
     if resume:
         check_resumable(storage, config.name)
+    gpus = gpus_per_trial(config, config.benchmark.gpus_per_trial)
     train_set, valid_set = load_datasets(config)  # reads and checks the data (generates synthetic data once)
     log.info("[1/4] data: %d train / %d valid videos; %d trials", len(train_set.videos), len(valid_set.videos), len(specs))
-    gpus = gpus_per_trial(config, config.benchmark.gpus_per_trial)
     connect(address)
     check_cluster_gpus(gpus)  # before any MLflow run is opened
     uri = resolve_tracking_uri(tracking_uri, config.out)
@@ -135,35 +136,35 @@ def run_benchmark(config: ExperimentConfig, resume: bool = False, tracking_uri: 
     experiment = tracker.experiment(config.name)
     parent = tracker.run(experiment, f"benchmark:{config.name}:{out.resolve()}", name=config.name,
                          tags={"prunebench.kind": "benchmark"})
-    tracker.log_params(parent, {**run_params(config, valid_set.sha256), "trials": str(len(specs))})
-    dense = cached_dense(config, tracker, parent, uri, address)
-    specs = (dense_reference(config), *specs)
-    grid = GridTrials(specs)
-    sweep = Sweep(config.name, grid, grid.param_space(), cpus_per_trial=config.benchmark.cpus_per_trial,
-                  gpus_per_trial=gpus)
-    base = {**run_params(config, valid_set.sha256), "dense_checkpoint": str(dense.checkpoint)}
-    callback = MLflowTrials(uri, experiment, parent, config.name, grid, base,
-                            {"backbone": config.model.backbone, "dataset": valid_set.sha256})
-    log.info("[2/4] dense model ready (%.0f s so far); %d trials", time.perf_counter() - begin, len(specs))
-    results = run_sweep(sweep, config, str(dense.checkpoint), storage, [callback], resume=resume)
-    timed = []
-    for result in results:  # what a killed driver did not log yet (log_final is idempotent)
-        trial_id = result.metrics.get("trial_id") if result.metrics else None
-        if trial_id is None:
-            continue
-        run = callback.run_for(trial_id, result.config)
-        log_final(tracker, run, result.metrics, result.checkpoint)
-        if result.metrics.get("evaluated") and result.checkpoint is not None:
-            timed.append((run, result.checkpoint))
-    callback.abandon_orphans({r.metrics["trial_id"] for r in results if r.metrics and "trial_id" in r.metrics})
-    log.info("[3/4] %d models evaluated; timing every one after another", len(timed))
-    time_models(config, tracker, timed, gpus)
-    report = write_report(uri, out / "report", experiment=config.name, goals=config.benchmark.goals)
-    for path in report["files"]:
-        tracker.log_artifact(parent, path, "report")
-    seconds = time.perf_counter() - begin
-    tracker.log_metrics(parent, {"wall_seconds": seconds, "trials": float(len(specs))})
-    tracker.end(parent)
+    with tracker.ending(parent):
+        tracker.log_params(parent, {**run_params(config, valid_set.sha256), "trials": str(len(specs))})
+        dense = cached_dense(config, tracker, parent, uri, address)
+        specs = (dense_reference(config), *specs)
+        grid = GridTrials(specs)
+        sweep = Sweep(config.name, grid, grid.param_space(), cpus_per_trial=config.benchmark.cpus_per_trial,
+                      gpus_per_trial=gpus)
+        base = {**run_params(config, valid_set.sha256), "dense_checkpoint": str(dense.checkpoint)}
+        callback = MLflowTrials(uri, experiment, parent, config.name, grid, base,
+                                {"backbone": config.model.backbone, "dataset": valid_set.sha256})
+        log.info("[2/4] dense model ready (%.0f s so far); %d trials", time.perf_counter() - begin, len(specs))
+        results = run_sweep(sweep, config, str(dense.checkpoint), storage, [callback], resume=resume)
+        timed = []
+        for result in results:  # what a killed driver did not log yet (log_final is idempotent)
+            trial_id = result.metrics.get("trial_id") if result.metrics else None
+            if trial_id is None:
+                continue
+            run = callback.run_for(trial_id, result.config)
+            log_final(tracker, run, result.metrics, result.checkpoint)
+            if result.metrics.get("evaluated") and result.checkpoint is not None:
+                timed.append((run, result.checkpoint))
+        callback.abandon_orphans({r.metrics["trial_id"] for r in results if r.metrics and "trial_id" in r.metrics})
+        log.info("[3/4] %d models evaluated; timing every one after another", len(timed))
+        time_models(config, tracker, timed, gpus)
+        report = write_report(uri, out / "report", experiment=config.name, goals=config.benchmark.goals)
+        for path in report["files"]:
+            tracker.log_artifact(parent, path, "report")
+        seconds = time.perf_counter() - begin
+        tracker.log_metrics(parent, {"wall_seconds": seconds, "trials": float(len(specs))})
     log.info("[4/4] report: %s; MLflow: %s (%.0f s)", out / "report" / "report.html", uri, seconds)
     return {"leaderboard": report["leaderboard"], "report": str(out / "report" / "report.html"),
             "report_files": report["files"], "table": report["markdown"], "mlflow_tracking_uri": uri,

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import yaml
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from prunebench import __version__
 from prunebench.errors import ConfigError
@@ -79,11 +80,16 @@ def _add_flops(sub: argparse._SubParsersAction) -> None:
 
 def _run_flops(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.evaluation.cost import measure_flops
+    from prunebench.platform.preflight import check_model
 
+    params = parse_assignments(args.params)
+    check_model(args.backbone, args.method, params)
+    if args.max_frames < 1:
+        raise ConfigError(f"--max-frames {args.max_frames}: allowed: an integer >= 1")
     return measure_flops(
         backbone=args.backbone,
         method=args.method,
-        params=parse_assignments(args.params),
+        params=params,
         img_size=tuple(args.img_size),
         data=args.data,
         seed=args.seed,
@@ -224,18 +230,27 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.config import load_config
-    from prunebench.platform.ray_train import Scaling
-    from prunebench.platform.runs import resolve_init, train_stage_logged
+    from prunebench.platform import preflight
+    from prunebench.platform.tracking import resolve_tracking_uri
 
     config = load_config(args.config, parse_assignments(args.overrides))
-    init = None if args.stage == "train" else resolve_init(args.init, config, args.tracking_uri)
+    finetune = args.stage == "finetune"
+    if finetune:
+        preflight.check_finetune(config)
+    preflight.check_experiment(config, args.address, method=finetune)
     if args.workers < 1 or (args.cpus_per_worker is not None and args.cpus_per_worker < 1):
         raise ConfigError(f"--workers {args.workers} / --cpus-per-worker {args.cpus_per_worker}: allowed: integers >= 1")
     if args.gpu and config.device != "cuda":
         raise ConfigError("--gpu with device=cpu: the GPU would sit idle; allowed: --set device=cuda, or no --gpu")
+    uri = resolve_tracking_uri(args.tracking_uri, config.out)
+    init = preflight.fetch_checkpoint(args.init, config, uri) if finetune else None
+
+    from prunebench.platform.ray_train import Scaling
+    from prunebench.platform.runs import train_stage_logged
+
     scaling = Scaling(args.workers, config.device == "cuda", args.cpus_per_worker or config.eval.threads)
     return train_stage_logged(config, args.stage, args.out, init, scaling, args.storage_path,
-                              args.address, args.tracking_uri, args.max_failures)
+                              args.address, uri, args.max_failures)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -251,9 +266,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.config import load_config
+    from prunebench.platform.preflight import check_evaluated, check_experiment
     from prunebench.platform.runs import evaluate_logged
 
     config = load_config(args.config, parse_assignments(args.overrides))
+    check_experiment(config, method=False, ray=False)
+    check_evaluated(config, args.checkpoint)
     return evaluate_logged(config, args.checkpoint, args.out, timing=not args.no_timing, tracking_uri=args.tracking_uri)
 
 
@@ -278,10 +296,13 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.config import load_config
     from prunebench.data.pipeline import cycled_frames
     from prunebench.evaluation.bench import compare, preset_model
-    from prunebench.models.presets import pruning_methods
+    from prunebench.models.presets import params_for_target, pruning_methods
+    from prunebench.platform.preflight import check_model
     from prunebench.training.protocol import load_datasets
 
     config = load_config(args.config, parse_assignments(args.overrides))
+    for method in pruning_methods():
+        check_model(config.model.backbone, method, params_for_target(method, args.target))
     if args.frames < 1 or args.warmup < 0:
         raise ConfigError(f"--frames {args.frames} / --warmup {args.warmup}: allowed: frames >= 1, warmup >= 0")
     _, valid = load_datasets(config, need=("valid",))
@@ -325,22 +346,24 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 
 def _run_tune(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.config import load_config
-    from prunebench.platform.runs import cached_dense, resolve_init
-    from prunebench.platform.study import run_study
+    from prunebench.platform import preflight
+    from prunebench.platform.study import check_study, run_study
     from prunebench.platform.tracking import resolve_tracking_uri
 
     config = load_config(args.config, parse_assignments(args.overrides))
+    preflight.check_experiment(config, args.address, method=False)  # the trials' method comes from the space
+    check_study(args.space, config, args.objective, args.num_samples, args.cpus_per_trial, args.reports,
+                args.gpus_per_trial, args.name, args.storage_path, args.resume)  # before the dense model is trained
     uri = resolve_tracking_uri(args.tracking_uri, config.out)
     if args.init is not None:
-        dense = str(resolve_init(args.init, config, uri))
+        dense = str(preflight.fetch_checkpoint(args.init, config, uri))
     else:
         from prunebench.platform.ray_train import connect
+        from prunebench.platform.runs import cached_dense
         from prunebench.platform.tracking import Tracker
-        from prunebench.search_spaces.loader import load_space
         from prunebench.training.protocol import load_datasets
 
-        load_space(args.space)  # a bad space stops before the dense model is trained
-        load_datasets(config)  # and bad or empty splits before Ray starts
+        load_datasets(config)  # bad or empty splits stop before Ray starts
         connect(args.address)
         dense = str(cached_dense(config, Tracker(uri), None, uri, args.address).checkpoint)
     return run_study(args.space, config, dense, uri,
@@ -421,7 +444,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
 
 def _run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.config import load_config
-    from prunebench.platform.benchmark import run_benchmark
+    from prunebench.platform.preflight import check_experiment
 
     overrides = parse_assignments(args.overrides)
     if args.gpus_per_trial is not None:
@@ -431,6 +454,10 @@ def _run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         if "data.root" not in overrides and load_config(args.config).data.synth is not None:
             overrides["data.root"] = f"{args.out}/data"  # generated data lives with the run
     config = load_config(args.config, overrides)
+    check_experiment(config, args.address, method=False)  # run_benchmark checks its methods and settings
+
+    from prunebench.platform.benchmark import run_benchmark
+
     result = run_benchmark(config, resume=args.resume, tracking_uri=args.tracking_uri, address=args.address,
                            storage_path=args.storage_path)
     print(result.pop("table"), file=sys.stderr if args.json else sys.__stdout__, flush=True)
@@ -451,12 +478,18 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from prunebench.platform.runs import run_demo
+    from prunebench.config import load_config
+    from prunebench.platform.preflight import check_experiment
 
-    overrides = parse_assignments(args.overrides)
+    overrides = {"out": args.out, "data.root": f"{args.out}/data", **parse_assignments(args.overrides)}
     if args.gpus_per_trial is not None:
         overrides["benchmark.gpus_per_trial"] = args.gpus_per_trial
-    result = run_demo(args.out, overrides, args.tracking_uri, args.address)
+    config = load_config("demo", overrides)
+    check_experiment(config, args.address, method=False)
+
+    from prunebench.platform.runs import run_demo
+
+    result = run_demo(config, args.tracking_uri, args.address)
     print(result.pop("table"), file=sys.stderr if args.json else sys.__stdout__, flush=True)
     return result
 
@@ -465,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The full command-line parser."""
     parser = _Parser(prog="prunebench", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"prunebench {__version__}")
+    level = parser.add_mutually_exclusive_group()
+    level.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors (no progress)")
+    level.add_argument("-v", "--verbose", action="store_true", help="prunebench's debug lines too")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_data(sub)
     _add_flops(sub)
@@ -488,16 +524,26 @@ def _print_human(result: dict[str, Any]) -> None:
         print(f"{key:>18}: {value}")
 
 
+def configure_logging(quiet: bool, verbose: bool) -> None:
+    """Log lines on stderr: INFO and up (progress included); ``-q``: warnings and errors only; ``-v``: prunebench's
+    DEBUG lines too (other libraries stay at INFO)."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if verbose:
+        logging.getLogger("prunebench").setLevel(logging.DEBUG)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``prunebench`` console script."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    configure_logging(args.quiet, args.verbose)
     stdout = sys.stdout
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the result (Ray prints notices)
+        # stdout carries only the result (Ray prints notices); log lines pass above a progress bar
+        with contextlib.redirect_stdout(sys.stderr), logging_redirect_tqdm():
             result = args.handler(args)
     except ConfigError as error:
-        print(f"prunebench {args.command}: error: {error}", file=sys.stderr)
+        print(f"prunebench {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result), file=stdout)

@@ -39,13 +39,15 @@ from prunebench.atomic import atomic_path
 from prunebench.config import ExperimentConfig, load_config
 from prunebench.platform.resources import process_group_backend, worker_config
 from prunebench.training.checkpoint import CODE_VERSION_ENV, code_version, read_checkpoint, save_checkpoint
-from prunebench.training.loop import LogEvery, StepMetrics, mean_metrics, train_steps
+from prunebench.training.loop import StepMetrics, mean_metrics, train_steps
 from prunebench.training.protocol import log_progress, prepare_stage
 from prunebench.validation import to_dict
 
 log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.pt"
+#: the driver's log level, handed to the workers
+LOG_LEVEL_ENV = "PRUNEBENCH_LOG_LEVEL"
 
 
 @dataclass(frozen=True)
@@ -63,36 +65,43 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     Worker output is forwarded to the driver's stderr, so training progress shows. A local Ray runs
     its dashboard on 127.0.0.1: Train V2's placement-group cleaner needs the State API it serves
     (without it the cleaner logs a warning every second and cannot free a dead run's workers).
-    The workers get the driver's code version (``code_version_env``).
+    The workers get the driver's code version and log level (``worker_env``); Ray's own driver lines
+    follow the log level too (``-q``: warnings only).
     """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = code_version_env()
+    options = {"runtime_env": worker_env(), "logging_level": max(logging.INFO, _log_level())}
+    log.debug("connecting to Ray at %s", address or "a new local instance")
     if address:
-        ray.init(address=address, runtime_env=runtime_env)
+        ray.init(address=address, **options)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env)
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **options)
 
 
-def code_version_env() -> dict[str, Any]:
-    """The runtime env that hands the driver's ``code_version()`` to every Ray worker (which may run
-    from a copy without ``.git``); empty in a submitted job whose runtime env already sets it (Ray
-    refuses a driver that sets the same variable again)."""
+def _log_level() -> int:
+    return logging.getLogger("prunebench").getEffectiveLevel()
+
+
+def worker_env() -> dict[str, Any]:
+    """The runtime env of every Ray worker: the driver's log level (``-q`` / ``-v``) and its ``code_version()``
+    (workers may run from a copy without ``.git``), the version left out in a submitted job whose runtime env
+    already sets it (Ray refuses a driver that sets the same variable again)."""
     job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}"))
-    if CODE_VERSION_ENV in ((job.get("runtime_env") or {}).get("env_vars") or {}):
-        return {}
-    return {"env_vars": {CODE_VERSION_ENV: code_version()}}
+    env = {LOG_LEVEL_ENV: logging.getLevelName(_log_level())}
+    if CODE_VERSION_ENV not in ((job.get("runtime_env") or {}).get("env_vars") or {}):
+        env[CODE_VERSION_ENV] = code_version()
+    return {"env_vars": env}
 
 
 def worker_logging() -> None:
-    """Inside a Ray worker: show prunebench's INFO lines (forwarded to the driver)."""
+    """Inside a Ray worker: show prunebench's lines at the driver's log level (forwarded to the driver)."""
     logger = logging.getLogger("prunebench")
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(os.environ.get(LOG_LEVEL_ENV, "INFO"))
         logger.propagate = False  # Ray's workers have a root handler of their own: print once
 
 
@@ -131,7 +140,7 @@ def _worker(loop_config: dict[str, Any]) -> None:
     steps_per_epoch = max(1, len(prepared.sampler) // (optim.batch_size * world))
     kill_at = int(os.environ.get("PRUNEBENCH_FAULT_KILL_AT_STEP", "0"))
     marker = os.environ.get("PRUNEBENCH_FAULT_MARKER")
-    logger = LogEvery(optim.log_every, optim.steps, log_progress(stage, prepared.meta["method"], optim.steps))
+    logger = log_progress(stage, prepared.meta["method"], optim, start)
     window: list[StepMetrics] = []
 
     def on_step(metrics: StepMetrics, optimizer: torch.optim.Optimizer) -> None:
@@ -155,8 +164,9 @@ def _worker(loop_config: dict[str, Any]) -> None:
             Path(marker).write_text("killed")
             os.kill(os.getpid(), signal.SIGKILL)
 
-    train_steps(model, prepared.sampler, optim, config.seed + rank, torch.device(config.device), start_step=start,
-                optimizer_state=optimizer_state, on_step=on_step, rank=rank, world=world)
+    with logger:
+        train_steps(model, prepared.sampler, optim, config.seed + rank, torch.device(config.device), start_step=start,
+                    optimizer_state=optimizer_state, on_step=on_step, rank=rank, world=world)
 
 
 @dataclass

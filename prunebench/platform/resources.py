@@ -4,8 +4,9 @@ A config whose ``device`` is ``cuda`` makes every trial ask Ray for GPUs (``--gp
 fractions allowed; default 1) and Ray Train run with ``use_gpu``; a ``cpu`` config asks for none.
 The flag and the config cannot disagree: ``--gpus-per-trial 0`` with ``device=cuda`` (Ray would hide
 every GPU from the trial) or ``> 0`` with ``device=cpu`` (the GPU would sit idle) stops with one line.
-Before anything starts, the driver checks that the cluster declares enough GPUs; a worker that was
-promised a GPU and sees none stops at once with one line, never falls back to the CPU unannounced.
+Before anything starts, the driver checks that this machine has a GPU (without a cluster address) and,
+once connected, that the cluster declares enough GPUs; a worker that was promised a GPU and sees none
+stops at once with one line, never falls back to the CPU unannounced.
 
 Testing hook: ``PRUNEBENCH_FORCE_CPU=1`` runs the model of a ``cuda`` config on the CPU inside the
 workers (a loopback cluster with logical GPUs, ``ray start --num-gpus``, tests the resource requests).
@@ -37,6 +38,16 @@ def gpus_per_trial(config: ExperimentConfig, requested: float | None) -> float:
         raise ConfigError(f"--gpus-per-trial {requested} with device=cpu: the GPUs would sit idle; "
                           "allowed: 0, or --set device=cuda")
     return requested
+
+
+def check_local_gpu(config: ExperimentConfig, address: str | None, ray: bool = True) -> None:
+    """Before Ray starts: a ``cuda`` config that runs on this machine (no cluster address, or a command that never
+    uses Ray) needs a GPU torch can use. On a cluster the GPUs are the nodes' (``check_cluster_gpus``)."""
+    on_cluster = ray and bool(address or os.environ.get("RAY_ADDRESS"))
+    if config.device != "cuda" or on_cluster or torch.cuda.is_available():
+        return
+    where = "--address of a Ray cluster with GPU nodes, or " if ray else ""
+    raise ConfigError(f"device=cuda but this machine has no GPU that torch can use; allowed: {where}--set device=cpu")
 
 
 def check_cluster_gpus(needed: float) -> None:

@@ -1,9 +1,10 @@
 """Platform commands with MLflow: training stages on Ray Train, evaluations, and the demo's trials.
 
-Each command checks its data first (so bad input stops before Ray or MLflow start and nothing is
-written), then runs, then logs through the one ``Tracker``: params (the flattened config, method,
-seed, code version, dataset split hash, hardware), per-epoch training metrics, final metrics and
-artifacts. Evaluation runs are tagged ``prunebench.kind = eval`` with ``method``, ``target``,
+Each command is checked first (``platform.preflight``, called by the CLI) and reads its data (so bad
+input stops before Ray or MLflow start and nothing is written), then runs, then logs through the one
+``Tracker``: params (the flattened config, method, seed, code version, dataset split hash, hardware),
+per-epoch training metrics, final metrics and artifacts. A run whose work fails ends FAILED
+(``Tracker.ending``), never stays RUNNING. Evaluation runs are tagged ``prunebench.kind = eval`` with ``method``, ``target``,
 ``backbone`` and ``dataset``: the reports read exactly these. An evaluation run is keyed by all its
 params (checkpoint sha256, dataset hash, eval seed and settings, method parameters, code version,
 hardware): a re-run with identical params finds it again, any difference makes a new run.
@@ -21,15 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prunebench.config import ExperimentConfig, load_config
+from prunebench.config import ExperimentConfig
 from prunebench.models.presets import PKR_TARGETS, params_for_target, pruning_methods
 from prunebench.platform.dense_cache import DenseModel, dense_model
 from prunebench.platform.ray_train import Scaling, connect, train_on_ray
 from prunebench.platform.resources import check_cluster_gpus
-from prunebench.platform.tracking import Tracker, fetch_input, flatten, hardware, params_key, resolve_tracking_uri
+from prunebench.platform.tracking import Tracker, flatten, hardware, params_key, resolve_tracking_uri
 from prunebench.platform.trial import TrialSpec
 from prunebench.reports.report import write_report
-from prunebench.training.checkpoint import check_backbone, code_version, read_meta
+from prunebench.training.checkpoint import code_version, read_meta
 from prunebench.training.protocol import evaluate_checkpoint, load_datasets
 from prunebench.validation import to_dict
 
@@ -47,15 +48,6 @@ def _tags(config: ExperimentConfig, kind: str, method: str, target: float | None
             "backbone": config.model.backbone, "dataset": dataset}
 
 
-def resolve_init(source: str, config: ExperimentConfig, tracking_uri: str | None) -> Path:
-    """``--from``: a local path, ``s3://...`` or ``runs:/<run_id>/<path>`` (downloaded once into
-    ``<out>/inputs/``), checked to be a prunebench checkpoint of the config's backbone."""
-    uri = resolve_tracking_uri(tracking_uri, config.out)
-    path = fetch_input(source, Path(config.out) / "inputs", uri)
-    check_backbone(path, config.model.backbone)
-    return path
-
-
 def train_stage_logged(config: ExperimentConfig, stage: str, out: str | None, init: str | None, scaling: Scaling,
                        storage_path: str | None, address: str | None, tracking_uri: str | None,
                        max_failures: int = 3, parent: str | None = None) -> dict[str, Any]:
@@ -69,21 +61,17 @@ def train_stage_logged(config: ExperimentConfig, stage: str, out: str | None, in
     experiment = tracker.experiment(config.name)
     run = tracker.run(experiment, f"{stage}:{target}", name=f"{stage}-{method}", parent=parent,
                       tags=_tags(config, stage, method, None, train_set.sha256))
-    tracker.log_params(run, {**run_params(config, train_set.sha256), "stage": stage, "method": method,
-                             "init_checkpoint": str(init)})
-    tic = time.perf_counter()
-    try:
+    with tracker.ending(run):
+        tracker.log_params(run, {**run_params(config, train_set.sha256), "stage": stage, "method": method,
+                                 "init_checkpoint": str(init)})
+        tic = time.perf_counter()
         result = train_on_ray(config, stage, target, init, scaling, storage_path, max_failures=max_failures,
                               meta={"mlflow_run_id": run})
-    except BaseException:
-        tracker.end(run, ok=False)
-        raise
-    tracker.log_file_as(run, target, "checkpoint/model.safetensors")
-    for record in result.history:
-        numbers = {f"train_{k}": float(record[k]) for k in ("loss", "task_loss", "prune_loss", "keep", "lr") if k in record}
-        tracker.log_metrics(run, numbers, step=int(record["step"]))
-    tracker.log_metrics(run, {"train_seconds": time.perf_counter() - tic})
-    tracker.end(run)
+        tracker.log_file_as(run, target, "checkpoint/model.safetensors")
+        for record in result.history:
+            numbers = {f"train_{k}": float(record[k]) for k in ("loss", "task_loss", "prune_loss", "keep", "lr") if k in record}
+            tracker.log_metrics(run, numbers, step=int(record["step"]))
+        tracker.log_metrics(run, {"train_seconds": time.perf_counter() - tic})
     return {"checkpoint": str(target), "mlflow_run_id": run, "ray_result": result.path,
             "epochs_reported": len(result.history)}
 
@@ -105,9 +93,9 @@ def evaluate_logged(config: ExperimentConfig, checkpoint: str, out: str | None, 
     tracker = Tracker(resolve_tracking_uri(tracking_uri, config.out))
     experiment = tracker.experiment(config.name)
     run = tracker.run(experiment, params_key("eval", params), name=f"eval-{meta['method']}", parent=parent, tags=tags)
-    tracker.log_params(run, params)
-    tracker.log_evaluation(run, metrics, Path(metrics["results"]).parent)
-    tracker.end(run)
+    with tracker.ending(run):
+        tracker.log_params(run, params)
+        tracker.log_evaluation(run, metrics, Path(metrics["results"]).parent)
     return {**metrics, "mlflow_run_id": run}
 
 
@@ -120,10 +108,10 @@ def report_logged(tracking_uri: str, out: str | Path, experiment: str | None,
     experiment_id = tracker.experiment(experiment or "reports")
     params = {"experiment": experiment or "*", "goals": ",".join(f"{g:g}" for g in goals), "out": str(Path(out).resolve())}
     run = tracker.run(experiment_id, params_key("report", params), name="report", tags={"prunebench.kind": "report"})
-    tracker.log_params(run, params)
-    for path in result["files"]:
-        tracker.log_artifact(run, path, "report")
-    tracker.end(run)
+    with tracker.ending(run):
+        tracker.log_params(run, params)
+        for path in result["files"]:
+            tracker.log_artifact(run, path, "report")
     return {**result, "mlflow_run_id": run}
 
 
@@ -156,13 +144,13 @@ DEMO_CAVEAT = ("These rows come from {steps}-step fine-tunes and one seed: too s
                "each goal, several seeds, confidence intervals, random and oracle controls).")
 
 
-def run_demo(out: str, overrides: dict[str, Any], tracking_uri: str | None = None, address: str | None = None) -> dict[str, Any]:
+def run_demo(config: ExperimentConfig, tracking_uri: str | None = None, address: str | None = None) -> dict[str, Any]:
     """The main job, a 10-minute tour of the machinery: synthetic data → dense (Ray Train, cached) → every method
     at each goal's preset (Ray Tune grid of fine-tune + evaluation trials) → FPS of every model, one after
-    another → MLflow → report and leaderboard, with the caveat that its rows are too short to rank methods."""
+    another → MLflow → report and leaderboard, with the caveat that its rows are too short to rank methods.
+    ``config``: the ``demo`` preset, checked first (``platform.preflight``)."""
     from prunebench.platform.benchmark import run_benchmark
 
-    config = load_config("demo", {"out": out, "data.root": f"{out}/data", **overrides})
     result = run_benchmark(config, tracking_uri=tracking_uri, address=address, specs=demo_specs(config))
     caveat = DEMO_CAVEAT.format(steps=config.finetune.steps)
     return {**result, "table": f"{result['table']}\n\n{caveat}", "caveat": caveat}

@@ -54,6 +54,33 @@ class SpaceTrials:
         return TrialSpec(method, method, self.space.method_params(sampled), self.seed)
 
 
+@dataclass(frozen=True)
+class CheckedStudy:
+    """What ``check_study`` resolved: the space, the GPUs per trial, the study's name and its Ray storage."""
+
+    space: SearchSpace
+    gpus: float
+    name: str
+    storage: str
+
+
+def check_study(space_source: str, config: ExperimentConfig, objective: str, num_samples: int, cpus_per_trial: int,
+                reports: int, gpus: float | None, name: str | None, storage_path: str | None,
+                resume: bool) -> CheckedStudy:
+    """Everything a study is told, checked before anything starts (and before the dense model is trained)."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"--objective {objective}: allowed: {', '.join(OBJECTIVES)}")
+    if num_samples < 1 or cpus_per_trial < 1 or reports < 1:
+        raise ConfigError(f"--num-samples {num_samples} / --cpus-per-trial {cpus_per_trial} / --reports {reports}: "
+                          "allowed: integers >= 1")
+    space = load_space(space_source)
+    study = CheckedStudy(space, gpus_per_trial(config, gpus), name or f"tune-{space.method}",
+                         storage_path or str(Path(config.out).resolve() / "ray_results"))
+    if resume:
+        check_resumable(study.storage, study.name)
+    return study
+
+
 def run_study(
     space_source: str,
     config: ExperimentConfig,
@@ -71,20 +98,12 @@ def run_study(
     storage_path: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a study; return its Pareto set (AP up, objective down) and names."""
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"--objective {objective}: allowed: {', '.join(OBJECTIVES)}")
-    if num_samples < 1 or cpus_per_trial < 1 or reports < 1:
-        raise ConfigError(f"--num-samples {num_samples} / --cpus-per-trial {cpus_per_trial} / --reports {reports}: "
-                          "allowed: integers >= 1")
-    space = load_space(space_source)
-    gpus = gpus_per_trial(config, gpus)
+    study = check_study(space_source, config, objective, num_samples, cpus_per_trial, reports, gpus, name,
+                        storage_path, resume)
+    space, gpus, name, storage = study.space, study.gpus, study.name, study.storage
     if not Path(dense_checkpoint).is_file():
         raise ConfigError(f"--from {dense_checkpoint}: dense checkpoint not found")
-    name = name or f"tune-{space.method}"
     out = Path(config.out).resolve()
-    storage = storage_path or str(out / "ray_results")
-    if resume:
-        check_resumable(storage, name)
     _, valid_set = load_datasets(config)  # reads and checks the data before anything starts
     # the trials report their training loss ``reports`` times: ASHA's rungs
     steps = config.finetune.steps
@@ -94,37 +113,37 @@ def run_study(
     tracker = Tracker(tracking_uri)
     experiment_id = tracker.experiment(name)
     parent = tracker.run(experiment_id, f"study:{name}", name=name, tags={"prunebench.kind": "study", "method": space.method})
-    base = {**flatten(to_dict(config)), **hardware(), "seed": str(config.seed), "code_version": code_version(),
-            "dataset_sha256": valid_set.sha256, "backbone": config.model.backbone,
-            "dense_checkpoint": str(dense_checkpoint), "space": space.source, "objective": objective}
-    tracker.log_params(parent, {**base, "num_samples": str(num_samples)})
-    describe = SpaceTrials(space, seed)
-    callback = MLflowTrials(tracking_uri, experiment_id, parent, name, describe, base,
-                            {"backbone": config.model.backbone, "dataset": valid_set.sha256})
-    searcher = OptunaSearch(
-        metric=["AP", objective], mode=["max", "min"], seed=seed,
-        sampler=optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, min(8, num_samples))),
-        storage=optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"), study_name=name,
-    )
-    windows = -(-steps // config.finetune.log_every)
-    scheduler = ASHAScheduler(metric="task_loss", mode="min", time_attr="training_iteration",
-                              max_t=windows, grace_period=max(1, windows // 2), reduction_factor=2)
-    sweep = Sweep(name, describe, space.tune_space(), cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus,
-                  num_samples=num_samples,
-                  search_alg=searcher, scheduler=scheduler)
-    grid = run_sweep(sweep, config, str(Path(dense_checkpoint).resolve()), storage, [callback], resume=resume)
-    rows = []
-    for result in grid:
-        metrics = result.metrics or {}
-        if "trial_id" in metrics:  # what a killed driver did not log yet (idempotent)
-            log_final(tracker, callback.run_for(metrics["trial_id"], result.config), metrics, result.checkpoint)
-        if metrics.get("evaluated"):
-            rows.append({"trial_id": metrics["trial_id"], "AP": metrics["AP"], "pkr": metrics["pkr"],
-                         "gmacs": metrics["gmacs"], "params": space.method_params(result.config)})
-    callback.abandon_orphans({r.metrics["trial_id"] for r in grid if r.metrics and "trial_id" in r.metrics})
-    best = pareto_front(rows, maximize="AP", minimize=objective)
-    tracker.log_metrics(parent, {"trials": float(len(grid)), "evaluated_trials": float(len(rows)),
-                                 "pareto_size": float(len(best))})
-    tracker.end(parent)
+    with tracker.ending(parent):
+        base = {**flatten(to_dict(config)), **hardware(), "seed": str(config.seed), "code_version": code_version(),
+                "dataset_sha256": valid_set.sha256, "backbone": config.model.backbone,
+                "dense_checkpoint": str(dense_checkpoint), "space": space.source, "objective": objective}
+        tracker.log_params(parent, {**base, "num_samples": str(num_samples)})
+        describe = SpaceTrials(space, seed)
+        callback = MLflowTrials(tracking_uri, experiment_id, parent, name, describe, base,
+                                {"backbone": config.model.backbone, "dataset": valid_set.sha256})
+        searcher = OptunaSearch(
+            metric=["AP", objective], mode=["max", "min"], seed=seed,
+            sampler=optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, min(8, num_samples))),
+            storage=optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"), study_name=name,
+        )
+        windows = -(-steps // config.finetune.log_every)
+        scheduler = ASHAScheduler(metric="task_loss", mode="min", time_attr="training_iteration",
+                                  max_t=windows, grace_period=max(1, windows // 2), reduction_factor=2)
+        sweep = Sweep(name, describe, space.tune_space(), cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus,
+                      num_samples=num_samples,
+                      search_alg=searcher, scheduler=scheduler)
+        grid = run_sweep(sweep, config, str(Path(dense_checkpoint).resolve()), storage, [callback], resume=resume)
+        rows = []
+        for result in grid:
+            metrics = result.metrics or {}
+            if "trial_id" in metrics:  # what a killed driver did not log yet (idempotent)
+                log_final(tracker, callback.run_for(metrics["trial_id"], result.config), metrics, result.checkpoint)
+            if metrics.get("evaluated"):
+                rows.append({"trial_id": metrics["trial_id"], "AP": metrics["AP"], "pkr": metrics["pkr"],
+                             "gmacs": metrics["gmacs"], "params": space.method_params(result.config)})
+        callback.abandon_orphans({r.metrics["trial_id"] for r in grid if r.metrics and "trial_id" in r.metrics})
+        best = pareto_front(rows, maximize="AP", minimize=objective)
+        tracker.log_metrics(parent, {"trials": float(len(grid)), "evaluated_trials": float(len(rows)),
+                                     "pareto_size": float(len(best))})
     return {"best": best, "experiment": name, "trials": len(grid), "evaluated": len(rows),
             "mlflow_experiment_id": experiment_id, "path": f"{storage}/{name}", "objective": objective}

@@ -11,6 +11,8 @@ runs again.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +20,15 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.experiment import Trial
 
 from prunebench.config import ExperimentConfig
 from prunebench.errors import ConfigError
 from prunebench.platform.trial import Describe, trial_function
+from prunebench.progress import Progress
 from prunebench.validation import to_dict
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,6 +54,34 @@ def check_resumable(storage: str, name: str) -> None:
     """ConfigError unless a sweep ``name`` exists under ``storage`` to be resumed."""
     if not tune.Tuner.can_restore(experiment_path(storage, name)):
         raise ConfigError(f"--resume: nothing named '{name}' to resume under {storage}")
+
+
+class TrialProgress(tune.Callback):
+    """The driver's progress of a sweep: finished trials (done or failed) out of all, restored ones included."""
+
+    def __init__(self, name: str, total: int):
+        self.name, self.total = name, total
+        self._progress: Progress | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # a bar does not pickle; it is rebuilt after a restore
+        return {**self.__dict__, "_progress": None}
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._progress is None:
+            self._progress = Progress(self.name, self.total, "trials", logger=log)
+        finished = sum(trial.status in (Trial.TERMINATED, Trial.ERROR) for trial in trials)
+        if finished > self._progress.count:
+            self._progress.update(finished - self._progress.count)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self._progress is not None:
+            self._progress.close()
+
+
+def trial_count(sweep: Sweep) -> int:
+    """How many trials the sweep runs: ``num_samples`` times each grid point of its space."""
+    grid = [len(v["grid_search"]) for v in sweep.param_space.values() if isinstance(v, dict) and "grid_search" in v]
+    return sweep.num_samples * math.prod(grid)
 
 
 def run_sweep(sweep: Sweep, config: ExperimentConfig, dense: str, storage: str, callbacks: list[tune.Callback],
@@ -77,6 +111,7 @@ def run_sweep(sweep: Sweep, config: ExperimentConfig, dense: str, storage: str, 
             tune_config=tune.TuneConfig(num_samples=sweep.num_samples, search_alg=sweep.search_alg,
                                         scheduler=sweep.scheduler, max_concurrent_trials=concurrency,
                                         reuse_actors=True),
-            run_config=tune.RunConfig(name=sweep.name, storage_path=storage, callbacks=callbacks, verbose=1),
+            run_config=tune.RunConfig(name=sweep.name, storage_path=storage,
+                                      callbacks=[*callbacks, TrialProgress(sweep.name, trial_count(sweep))], verbose=1),
         )
     return tuner.fit()

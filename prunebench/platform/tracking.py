@@ -22,9 +22,11 @@ import functools
 import getpass
 import hashlib
 import json
+import logging
 import os
 import platform
 import posixpath
+import shutil
 import sys
 import tempfile
 import time
@@ -45,6 +47,7 @@ from prunebench.errors import ConfigError
 from prunebench.training.checkpoint import code_commit
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 KEY_TAG = "prunebench.key"
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 6000
@@ -52,13 +55,17 @@ REMOTE_INPUTS = ("s3://", "runs:/", "mlflow-artifacts:/")
 
 
 def resolve_tracking_uri(explicit: str | None, out: str | Path) -> str:
-    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<abs out>/mlflow.db``."""
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<abs out>/mlflow.db`` (its folder is made
+    when a ``Tracker`` opens the store, not here: a refused command leaves no folder)."""
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    path = Path(out).resolve() / "mlflow.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    return f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store; None for any other store."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -106,34 +113,58 @@ def params_key(kind: str, params: Mapping[str, str]) -> str:
     return f"{kind}:{digest[:32]}"
 
 
-def fetch_input(source: str, folder: str | Path, tracking_uri: str, flag: str = "--from") -> Path:
+def fetch_input(source: str, folder: str | Path, tracking_uri: str, flag: str = "--from",
+                check: Callable[[Path], object] = lambda path: None) -> Path:
     """A local file: ``source`` itself, or ``s3://...`` / ``runs:/<run_id>/<path>`` downloaded once into
-    ``folder/<digest of source>/`` (a second call finds it there). ConfigError: one line naming it."""
+    ``folder/<digest of source>/`` (a second call finds it there). ``check(path)`` runs on the file before it is
+    used, and a download is kept only once it passed (a refused one leaves nothing). ConfigError: one line naming it."""
+    what = f"{flag} {source}"
     allowed = "allowed: a local file, s3://BUCKET/KEY or runs:/<run_id>/<artifact path>"
     if not source.startswith(REMOTE_INPUTS):
         if "://" in source or source.startswith("runs:"):
-            raise ConfigError(f"{flag} {source}: unsupported URI; {allowed}")
+            raise ConfigError(f"{what}: unsupported URI; {allowed}")
         path = Path(source).expanduser()
         if not path.is_file():
-            raise ConfigError(f"{flag} {source}: no such file; {allowed}")
+            raise ConfigError(f"{what}: {'a folder, not a file' if path.is_dir() else 'no such file'}; {allowed}")
+        check(path)
         return path
     target = Path(folder) / hashlib.sha256(source.encode()).hexdigest()[:16]
-    if not target.is_dir():
-        _download(source, target, tracking_uri, f"{flag} {source}")
-    found = [p for p in target.iterdir() if p.is_file()]
+    if target.is_dir():
+        path = _only_file(target, what, allowed)
+        check(path)
+        return path
+    store = sqlite_path(tracking_uri)
+    if source.startswith("runs:/") and store is not None and not store.is_file():
+        raise ConfigError(f"{what}: the MLflow store {tracking_uri} does not exist; "
+                          "allowed: --tracking-uri of the store that holds the run")
+    with tempfile.TemporaryDirectory(prefix="prunebench-input-") as tmp:
+        _download(source, Path(tmp), tracking_uri, what)
+        path = _only_file(Path(tmp), what, allowed)
+        check(path)
+        return _keep(path, target)
+
+
+def _only_file(folder: Path, what: str, allowed: str) -> Path:
+    found = [p for p in folder.iterdir() if p.is_file()]
     if len(found) != 1:
-        raise ConfigError(f"{flag} {source}: names a folder, not one file; {allowed}")
+        raise ConfigError(f"{what}: names a folder, not one file; {allowed}")
     return found[0]
 
 
-def _download(source: str, target: Path, tracking_uri: str, what: str) -> None:
-    """Download ``source`` into a new folder ``target`` (complete or absent: renamed into place)."""
-    with staged_folder(target) as tmp:
-        try:
-            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=tracking_uri)
-        except Exception as error:  # MLflow, boto3 and the network each raise their own types
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ConfigError(f"{what}: cannot download ({reason})") from None
+def _download(source: str, folder: Path, tracking_uri: str, what: str) -> None:
+    """Download ``source`` into ``folder``."""
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder), tracking_uri=tracking_uri)
+    except Exception as error:  # MLflow, boto3 and the network each raise their own types
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{what}: cannot download ({reason})") from None
+
+
+def _keep(path: Path, target: Path) -> Path:
+    """Copy ``path`` into the new folder ``target`` (complete or absent: renamed into place); the copy's path."""
+    with staged_folder(target) as staging:
+        shutil.copyfile(path, staging / path.name)
+    return target / path.name
 
 
 def hardware() -> dict[str, str]:
@@ -170,14 +201,11 @@ class Tracker:
 
     def __init__(self, uri: str):
         self.uri = uri
+        database = sqlite_path(uri)
+        self._lock_path = None if database is None else database.with_name(database.name + ".lock")
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=uri)
-        self._lock_path = self._sqlite_lock(uri)
-
-    @staticmethod
-    def _sqlite_lock(uri: str) -> Path | None:
-        if not uri.startswith("sqlite:///"):
-            return None
-        return Path(uri[len("sqlite:///"):] + ".lock")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -284,6 +312,27 @@ class Tracker:
         """Mark a run FINISHED (or FAILED; or KILLED when ``killed``: it was abandoned, not broken)."""
         status = RunStatus.KILLED if killed else RunStatus.FINISHED if ok else RunStatus.FAILED
         self._write(lambda: self.client.set_terminated(run_id, status=RunStatus.to_string(status)))
+
+    @contextlib.contextmanager
+    def ending(self, run_id: str) -> Iterator[str]:
+        """Around the work of a run: it ends FINISHED when the block completes; when the block raises it ends
+        FAILED (KILLED on Ctrl-C), and so does every child run still RUNNING, so no run stays RUNNING."""
+        try:
+            yield run_id
+        except BaseException as error:
+            try:
+                self._fail(run_id, killed=isinstance(error, KeyboardInterrupt))
+            except Exception as cleanup:  # the store itself may be what failed: the first error is the one to see
+                log.warning("could not mark MLflow run %s as failed: %s", run_id, cleanup)
+            raise
+        self.end(run_id)
+
+    def _fail(self, run_id: str, killed: bool) -> None:
+        experiment = self.client.get_run(run_id).info.experiment_id
+        children = self.client.search_runs(
+            [experiment], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}' and attributes.status = 'RUNNING'")
+        for run in [*(c.info.run_id for c in children), run_id]:
+            self.end(run, ok=False, killed=killed)
 
     def log_evaluation(self, run_id: str, metrics: Mapping[str, Any], folder: str | Path) -> None:
         """Final metrics of an evaluation plus its files (results, metrics, config, keep-mask picture)."""

@@ -73,6 +73,12 @@ def check_backbone(path: str | Path, backbone: str) -> dict[str, Any]:
     return meta
 
 
+def method_params(meta: dict[str, Any], method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters a checkpoint's method runs with: those it was trained with, and ``params`` on top when
+    ``method`` is the checkpoint's method (e.g. ``stochastic_inference: false`` for evaluation)."""
+    return {**meta.get("params", {}), **(params if method == meta.get("method") else {})}
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
     """Write ``model``'s weights and ``meta`` to ``path`` (temp file + rename)."""
     path = Path(path)

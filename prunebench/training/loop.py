@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from prunebench.config import OptimConfig
 from prunebench.data.pipeline import ClipBatch, ClipSampler, collate_clips, foreground_patches
 from prunebench.models.vis_model import VISModel
+from prunebench.progress import Progress
 
 log = logging.getLogger(__name__)
 MAX_SKIPPED_STEPS = 10
@@ -170,17 +171,31 @@ def train_steps(
 
 
 class LogEvery:
-    """An ``on_step`` callback that averages steps and hands the mean to ``emit`` every ``every`` steps."""
+    """A stage's ``on_step`` callback: every step advances ``progress`` (the bar, or the ETA of its lines);
+    every ``every`` steps and at the last one, the window's mean metrics are reported on it."""
 
-    def __init__(self, every: int, last: int, emit: Callable[[StepMetrics], None]):
-        self.every, self.last, self.emit = every, last, emit
+    def __init__(self, every: int, progress: Progress):
+        self.every, self.progress = every, progress
         self._window: list[StepMetrics] = []
 
     def __call__(self, metrics: StepMetrics, optimizer: torch.optim.Optimizer) -> None:
         self._window.append(metrics)
-        if metrics.step % self.every == 0 or metrics.step == self.last:
-            self.emit(mean_metrics(self._window))
+        self.progress.update()
+        if metrics.step % self.every == 0 or metrics.step == self.progress.total:
+            self.progress.report(describe_window(mean_metrics(self._window)))
             self._window = []
+
+    def __enter__(self) -> LogEvery:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.close()
+
+
+def describe_window(mean: StepMetrics) -> str:
+    """One window of steps in words: losses, keep, learning rate, seconds per step."""
+    return (f"loss {mean.loss:.3f} (task {mean.task_loss:.3f}, prune {mean.prune_loss:.3f}) keep {mean.keep:.3f} "
+            f"lr {mean.lr:.2e} {mean.seconds:.2f}s/step")
 
 
 def mean_metrics(window: list[StepMetrics]) -> StepMetrics:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,9 @@ from prunebench.evaluation.plots import keep_mask_figure
 from prunebench.evaluation.vis_eval import evaluate
 from prunebench.models.vis_model import VISModel
 from prunebench.models.vit import create_backbone, load_timm_weights
-from prunebench.training.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
-from prunebench.training.loop import LogEvery, StepMetrics, train_steps
+from prunebench.progress import Progress
+from prunebench.training.checkpoint import Checkpoint, method_params, read_checkpoint, save_checkpoint
+from prunebench.training.loop import LogEvery, train_steps
 from prunebench.validation import to_dict
 
 log = logging.getLogger(__name__)
@@ -100,15 +101,10 @@ def prepare_stage(config: ExperimentConfig, stage: str, init_checkpoint: str | P
     return PreparedStage(model, sampler, valid_set, optim, meta)
 
 
-def log_progress(stage: str, method: str, total: int) -> Callable[[StepMetrics], None]:
-    """A logger for ``LogEvery``: one line per window of steps."""
-
-    def emit(metrics: StepMetrics) -> None:
-        log.info("%s %s step %d/%d loss %.3f (task %.3f, prune %.3f) keep %.3f lr %.2e %.2fs/step",
-                 stage, method, metrics.step, total, metrics.loss, metrics.task_loss, metrics.prune_loss,
-                 metrics.keep, metrics.lr, metrics.seconds)
-
-    return emit
+def log_progress(stage: str, method: str, optim: OptimConfig, start: int = 0) -> LogEvery:
+    """The ``on_step`` progress of a stage (a context manager): a bar, or a line with the ETA per logging window."""
+    return LogEvery(optim.log_every, Progress(f"{stage} {method}", optim.steps, "steps", interval=None, initial=start,
+                                              logger=log))
 
 
 def run_stage(config: ExperimentConfig, stage: str, out: str | Path, init_checkpoint: str | Path | None = None) -> Path:
@@ -118,8 +114,8 @@ def run_stage(config: ExperimentConfig, stage: str, out: str | Path, init_checkp
     """
     prepared = prepare_stage(config, stage, init_checkpoint)
     optim = prepared.optim
-    logger = LogEvery(optim.log_every, optim.steps, log_progress(stage, prepared.meta["method"], optim.steps))
-    train_steps(prepared.model, prepared.sampler, optim, config.seed, torch.device(config.device), on_step=logger)
+    with log_progress(stage, prepared.meta["method"], optim) as logger:
+        train_steps(prepared.model, prepared.sampler, optim, config.seed, torch.device(config.device), on_step=logger)
     return save_checkpoint(out, prepared.model, prepared.meta)
 
 
@@ -127,9 +123,7 @@ def load_model(config: ExperimentConfig, checkpoint: str | Path | Checkpoint, nu
     """The model of a checkpoint: its method and parameters, with ``method.params`` of the config on top
     when the config names the same method (e.g. ``stochastic_inference: false`` for evaluation)."""
     loaded = checkpoint if isinstance(checkpoint, Checkpoint) else read_checkpoint(checkpoint)
-    params = dict(loaded.meta.get("params", {}))
-    if config.method.name == loaded.meta["method"]:
-        params.update(config.method.params)
+    params = method_params(loaded.meta, config.method.name, config.method.params)
     model = build_model(config, num_classes, loaded.meta["method"], params)
     loaded.load_into(model)
     return model

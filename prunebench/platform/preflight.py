@@ -1,0 +1,77 @@
+"""Checks on the driver before anything starts.
+
+Every command that builds a model calls these first (``platform/cli.py``), before Ray starts, an
+MLflow run is opened or an output folder is made: a bad input then ends with one line and exit code 2
+and leaves nothing behind. They check the backbone, the method and its parameters, ``model.pretrained``
+(a readable timm ViT file whose tensors fit the backbone), the device (a GPU for ``device=cuda``) and the
+checkpoint a command starts from (``--from``, ``--checkpoint``: a prunebench checkpoint of the config's
+backbone). Everything here only reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prunebench.config import ExperimentConfig
+from prunebench.errors import ConfigError
+from prunebench.models.registry import backbone_spec, build_method, method_names
+from prunebench.models.vit import create_backbone, load_timm_weights
+from prunebench.platform.resources import check_local_gpu
+from prunebench.training.checkpoint import check_backbone, method_params
+
+log = logging.getLogger(__name__)
+
+
+def check_model(backbone: str, method: str, params: Mapping[str, Any] | None) -> None:
+    """The backbone is known and ``params`` are valid parameters of ``method`` on it."""
+    _, dim, _, depth = backbone_spec(backbone)
+    build_method(method, params, dim, depth)
+    log.debug("checked: backbone %s, method %s %s", backbone, method, dict(params or {}))
+
+
+def check_pretrained(path: str, backbone: str) -> None:
+    """``model.pretrained`` exists, reads as a timm ViT state dict, and its tensors fit ``backbone``."""
+    load_timm_weights(create_backbone(backbone), path)
+
+
+def check_experiment(config: ExperimentConfig, address: str | None = None, method: bool = True,
+                     ray: bool = True) -> None:
+    """What a command that builds the config's model needs: the backbone, the config's method and its parameters
+    (``method=False``: the command trains dense or takes its methods elsewhere), ``model.pretrained`` and the
+    device (``ray=False``: the command runs in this process, never on a cluster)."""
+    check_model(config.model.backbone, config.method.name if method else "dense",
+                config.method.params if method else {})
+    if config.model.pretrained:
+        check_pretrained(config.model.pretrained, config.model.backbone)
+    check_local_gpu(config, address, ray)
+    log.debug("checked: pretrained weights %s, device %s", config.model.pretrained, config.device)
+
+
+def check_finetune(config: ExperimentConfig) -> None:
+    """Fine-tuning needs a pruning method (``dense`` would overwrite the dense checkpoint with itself)."""
+    if config.method.name == "dense":
+        methods = ", ".join(m for m in method_names() if m != "dense")
+        raise ConfigError(f"method.name=dense: finetune needs a pruning method; allowed: --set method.name=NAME, "
+                          f"NAME one of {methods}")
+
+
+def check_evaluated(config: ExperimentConfig, checkpoint: str) -> None:
+    """``eval --checkpoint``: a prunebench checkpoint of the config's backbone whose method runs with its
+    parameters and the config's ``method.params`` on top (when the config names the same method)."""
+    meta = check_backbone(checkpoint, config.model.backbone)
+    check_model(config.model.backbone, meta.get("method", "unknown"),
+                method_params(meta, config.method.name, config.method.params))
+
+
+def fetch_checkpoint(source: str, config: ExperimentConfig, tracking_uri: str) -> Path:
+    """``--from``: a local path, ``s3://...`` or ``runs:/<run_id>/<path>``, checked to be a prunebench checkpoint
+    of the config's backbone; a URI is downloaded, checked, and only then kept in ``<out>/inputs/``."""
+    from prunebench.platform.tracking import fetch_input  # MLflow is imported by the commands that take --from
+
+    path = fetch_input(source, Path(config.out) / "inputs", tracking_uri,
+                       check=lambda path: check_backbone(path, config.model.backbone))
+    log.debug("checked: %s is a %s checkpoint", path, config.model.backbone)
+    return path
