@@ -29,7 +29,7 @@ from prunebench.data.ytvis import YTVISDataset
 from prunebench.errors import ConfigError
 from prunebench.platform.cli import main
 from prunebench.platform.stores import check_existing_store
-from prunebench.platform.tracking import _download
+from prunebench.platform.tracking import _keep
 from prunebench.training.checkpoint import save_checkpoint
 
 SPEC = SynthSpec(videos=2, valid_videos=1, frames=3, height=32, width=48, seed=0)
@@ -327,7 +327,7 @@ def test_outputs_follow_the_umask(tmp_path, capsys, umask):
     write_json(tmp_path / "out" / "new" / "metrics.json", {"AP": 1.0})
     write_bytes(tmp_path / "out" / "config.yaml", b"seed: 0\n")
     save_checkpoint(tmp_path / "out" / "model.safetensors", torch.nn.Linear(2, 2), {"method": "dense"})
-    _download((tmp_path / "out" / "config.yaml").as_uri(), tmp_path / "inputs" / "fetched", None, "--from")
+    _keep(tmp_path / "out" / "config.yaml", tmp_path / "inputs" / "fetched")  # how a checked --from download is kept
     assert (tmp_path / "inputs" / "fetched" / "config.yaml").read_bytes() == b"seed: 0\n"
     capsys.readouterr()
     paths = [p for p in tmp_path.rglob("*")]

@@ -50,6 +50,14 @@ def test_trials_and_train_workers_are_granted_logical_gpus(tmp_path):
                         f"--dashboard-port={free_port()}", "--disable-usage-stats"],
                        check=True, env=env, capture_output=True, timeout=180)
         out = tmp_path / "out"
+        # more GPUs per trial than the cluster declares: one line, before any MLflow run or output folder
+        refused = cli(["benchmark", "benchmark-tiny", "--out", out, "--address", f"127.0.0.1:{gcs}",
+                       "--set", "device=cuda", "--gpus-per-trial", "2"], check=False,
+                      env={"RAY_AUTH_MODE": "token", "PRUNEBENCH_CACHE": str(tmp_path / "c")})
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert lines[-1].startswith("prunebench benchmark: error: the Ray cluster declares 1 GPU(s) but a trial")
+        assert not (out / "mlflow.db").exists()
         result = cli(["benchmark", "benchmark-tiny", "--out", out, "--address", f"127.0.0.1:{gcs}", "--json",
                       "--set", "device=cuda", "--gpus-per-trial", "0.5", "--set", "benchmark.methods=[random]",
                       "--set", "benchmark.seeds=[0]"],
