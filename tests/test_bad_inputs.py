@@ -50,7 +50,7 @@ class Case:
 #: name (what it feeds in) -> the case
 CASES: dict[str, Case] = {
     # train
-    "train_unknown_backbone": Case(("train", "$config", "--set", "model.backbone=vit_huge"), "unknown backbone 'vit_huge'"),
+    "train_unknown_backbone": Case(("train", "$config", "--set", "model.backbone=vit_huge"), "got 'vit_huge'"),
     "train_pretrained_missing": Case(("train", "$config", "--set", "model.pretrained=$missing"), "pretrained weights not found"),
     "train_pretrained_not_a_weights_file": Case(("train", "$config", "--set", "model.pretrained=$garbage"),
                                                 "cannot read pretrained weights"),
@@ -65,10 +65,10 @@ CASES: dict[str, Case] = {
     "finetune_without_method": Case(("finetune", "$config", "--from", "$dense"), "finetune needs a pruning method"),
     "finetune_with_method_dense": Case(("finetune", "$config", "--from", "$dense", "--set", "method.name=dense"),
                                        "finetune needs a pruning method"),
-    "finetune_unknown_method": Case(("finetune", "$config", "--from", "$dense", "--set", "method.name=evit"),
-                                    "unknown method 'evit'"),
+    "finetune_unknown_method": Case(("finetune", "$config", "--from", "$dense", "--set", "method.name=vppp"),
+                                    "unknown method 'vppp'"),
     "finetune_unknown_method_param": Case(("finetune", "$config", "--from", "$dense", "--set", "method.name=vpp",
-                                           "--set", "method.params={foo: 1}"), "'foo'"),
+                                           "--set", "method.params={foo: 1}"), "unknown key 'method.params.foo'"),
     "finetune_method_param_out_of_range": Case(("finetune", "$config", "--from", "$dense", "--set",
                                                 "method.name=dynamicvit", "--set", "method.params={rho: 1.5}"), "rho=1.5"),
     "finetune_cuda_without_gpu": Case(("finetune", "$config", "--from", "$dense", "--set", "method.name=tps",
@@ -92,23 +92,23 @@ CASES: dict[str, Case] = {
     "eval_checkpoint_of_other_backbone": Case(("eval", "$config", "--checkpoint", "$small"),
                                               "a checkpoint of backbone vit_small"),
     "eval_method_param_out_of_range": Case(("eval", "$config", "--checkpoint", "$dense", "--set", "method.name=dense",
-                                            "--set", "method.params={rho: 0.5}"), "'rho'"),
+                                            "--set", "method.params={rho: 0.5}"), "unknown key 'method.params.rho'; allowed: none"),
     "eval_pretrained_missing": Case(("eval", "$config", "--checkpoint", "$dense", "--set", "model.pretrained=$missing"),
                                     "pretrained weights not found"),
     "eval_cuda_without_gpu": Case(("eval", "$config", "--checkpoint", "$dense", "--set", "device=cuda"), "has no GPU",
                                   without_gpu=True),
     # tune
-    "tune_unknown_space": Case(("tune", "evit", "--config", "$config"), "search space not found"),
+    "tune_unknown_space": Case(("tune", "vppp", "--config", "$config"), "search space not found"),
     "tune_unknown_objective": Case(("tune", "vpp", "--config", "$config", "--objective", "latency"), "--objective latency"),
     "tune_gpus_requested_with_cpu_device": Case(("tune", "vpp", "--config", "$config", "--gpus-per-trial", "1"),
                                                 "the GPUs would sit idle"),
     "tune_resume_of_nothing": Case(("tune", "vpp", "--config", "$config", "--resume"), "nothing named 'tune-vpp'"),
     "tune_unknown_backbone": Case(("tune", "vpp", "--config", "$config", "--set", "model.backbone=vit_huge"),
-                                  "unknown backbone"),
+                                  "got 'vit_huge'"),
     "tune_from_checkpoint_of_other_backbone": Case(("tune", "vpp", "--config", "$config", "--from", "$small"),
                                                    "a checkpoint of backbone vit_small"),
     # benchmark
-    "benchmark_unknown_method": Case(("benchmark", "$config", "--set", "benchmark.methods=[evit]"), "unknown method 'evit'"),
+    "benchmark_unknown_method": Case(("benchmark", "$config", "--set", "benchmark.methods=[vppp]"), "unknown method 'vppp'"),
     "benchmark_settings_that_miss_a_goal": Case(("benchmark", "$config", "--set", "benchmark.settings=[0.6, 0.7]"),
                                                 "do not bracket"),
     "benchmark_gpus_requested_with_cpu_device": Case(("benchmark", "$config", "--gpus-per-trial", "1"),
@@ -120,7 +120,7 @@ CASES: dict[str, Case] = {
                                                    "0.5"), "has no GPU", without_gpu=True),
     "benchmark_resume_of_nothing": Case(("benchmark", "$config", "--resume"), "nothing named 'tiny'"),
     # demo
-    "demo_unknown_backbone": Case(("demo", "--out", "$out", "--set", "model.backbone=vit_huge"), "unknown backbone"),
+    "demo_unknown_backbone": Case(("demo", "--out", "$out", "--set", "model.backbone=vit_huge"), "got 'vit_huge'"),
     "demo_gpus_requested_with_cpu_device": Case(("demo", "--out", "$out", "--gpus-per-trial", "1"),
                                                 "the GPUs would sit idle"),
     "demo_pretrained_of_other_shapes": Case(("demo", "--out", "$out", "--set", "model.pretrained=$pretrained_small"),
@@ -129,7 +129,7 @@ CASES: dict[str, Case] = {
     "flops_unknown_backbone": Case(("flops", "--backbone", "vit_huge"), "unknown backbone"),
     "flops_unknown_method_param": Case(("flops", "--method", "tps", "--set", "kappa=0.5"), "'kappa'"),
     "flops_no_frames": Case(("flops", "--method", "svit", "--data", "$data", "--max-frames", "0"), "--max-frames 0"),
-    "bench_unknown_backbone": Case(("bench", "$config", "--set", "model.backbone=vit_huge"), "unknown backbone"),
+    "bench_unknown_backbone": Case(("bench", "$config", "--set", "model.backbone=vit_huge"), "got 'vit_huge'"),
     "bench_target_without_presets": Case(("bench", "$config", "--target", "0.9"), "target PKR 0.9"),
 }
 

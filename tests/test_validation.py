@@ -64,7 +64,7 @@ def test_image_size_not_divisible_by_16(capsys):
 
 
 def test_unknown_method(capsys):
-    _fails(capsys, ["--method", "evit2"], "'evit2'", "dense, dynamicvit, oracle, random, svit, tps, vpp")
+    _fails(capsys, ["--method", "evit2"], "'evit2'", "dense, dynamicvit, evit, oracle, random, svit, tome, tps, vpp")
 
 
 def test_unknown_backbone(capsys):
