@@ -310,8 +310,10 @@ class MergingMethod(PruningMethod):
         """Shorten the sequence inside block ``position``; None leaves it as it is."""
 
     def select(self, position: int, candidates: Candidates, ctx: FrameContext) -> Selection:
-        """Never called: a merging method has no ``positions``."""
-        raise NotImplementedError(f"method '{self.name}' merges inside blocks; it has no keep positions")
+        """A merging method has no ``positions``: the backbone runs it through ``models.merging``, so reaching
+        this is a caller's error (RuntimeError), not a missing implementation."""
+        raise RuntimeError(f"method '{self.name}' merges inside blocks; the backbone runs it through "
+                           "prunebench.models.merging, never through select()")
 
 
 def ratio_error(keep: Tensor, target: float, per_sample: bool = False) -> Tensor:
