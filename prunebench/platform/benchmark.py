@@ -33,8 +33,8 @@ from prunebench.errors import ConfigError
 from prunebench.evaluation.vis_eval import measure_fps
 from prunebench.models.presets import params_for_pkr
 from prunebench.models.registry import build_method, backbone_spec
-from prunebench.platform.ray_train import connect
-from prunebench.platform.resources import check_cluster_gpus, gpus_per_trial, worker_config
+from prunebench.platform.ray_train import connect_checked, join_cluster_first
+from prunebench.platform.resources import gpus_per_trial, worker_config
 from prunebench.platform.runs import cached_dense, run_params
 from prunebench.platform.sweep import Sweep, check_resumable, run_sweep
 from prunebench.platform.tracking import Tracker, resolve_tracking_uri
@@ -127,10 +127,10 @@ def run_benchmark(config: ExperimentConfig, resume: bool = False, tracking_uri: 
     if resume:
         check_resumable(storage, config.name)
     gpus = gpus_per_trial(config, config.benchmark.gpus_per_trial)
+    join_cluster_first(address, gpus)
     train_set, valid_set = load_datasets(config)  # reads and checks the data (generates synthetic data once)
     log.info("[1/4] data: %d train / %d valid videos; %d trials", len(train_set.videos), len(valid_set.videos), len(specs))
-    connect(address)
-    check_cluster_gpus(gpus)  # before any MLflow run is opened
+    connect_checked(address, gpus)  # before any MLflow run is opened
     uri = resolve_tracking_uri(tracking_uri, config.out)
     tracker = Tracker(uri)
     experiment = tracker.experiment(config.name)

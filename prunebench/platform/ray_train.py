@@ -37,7 +37,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from prunebench.atomic import atomic_path
 from prunebench.config import ExperimentConfig, load_config
-from prunebench.platform.resources import process_group_backend, worker_config
+from prunebench.platform.resources import check_cluster_gpus, process_group_backend, worker_config
 from prunebench.training.checkpoint import CODE_VERSION_ENV, code_version, read_checkpoint, save_checkpoint
 from prunebench.training.loop import StepMetrics, mean_metrics, train_steps
 from prunebench.training.protocol import log_progress, prepare_stage
@@ -77,6 +77,23 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, **options)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **options)
+
+
+def connect_checked(address: str | None, gpus: float) -> None:
+    """``connect`` and check that the cluster declares the ``gpus`` a trial or worker group needs (one line if not)."""
+    connect(address)
+    check_cluster_gpus(gpus)
+
+
+def join_cluster_first(address: str | None, gpus: float) -> None:
+    """Before a command reads or generates its data: join an existing cluster (``address`` or ``$RAY_ADDRESS``)
+    and check its GPUs, so that a refusal leaves nothing behind (no generated synthetic data, no folder).
+
+    A local Ray is not started here: it starts after the data is checked (``connect_checked``), and its
+    GPUs are this machine's, which ``check_local_gpu`` checked before anything.
+    """
+    if address or os.environ.get("RAY_ADDRESS"):
+        connect_checked(address, gpus)
 
 
 def _log_level() -> int:

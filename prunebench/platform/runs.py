@@ -25,8 +25,7 @@ from typing import Any
 from prunebench.config import ExperimentConfig
 from prunebench.models.presets import PKR_TARGETS, params_for_target, pruning_methods
 from prunebench.platform.dense_cache import DenseModel, dense_model
-from prunebench.platform.ray_train import Scaling, connect, train_on_ray
-from prunebench.platform.resources import check_cluster_gpus
+from prunebench.platform.ray_train import Scaling, connect_checked, join_cluster_first, train_on_ray
 from prunebench.platform.tracking import Tracker, flatten, hardware, params_key, resolve_tracking_uri
 from prunebench.platform.trial import TrialSpec
 from prunebench.reports.report import write_report
@@ -52,11 +51,12 @@ def train_stage_logged(config: ExperimentConfig, stage: str, out: str | None, in
                        storage_path: str | None, address: str | None, tracking_uri: str | None,
                        max_failures: int = 3, parent: str | None = None) -> dict[str, Any]:
     """``prunebench train`` / ``finetune``: one stage on Ray Train, logged as one MLflow run."""
+    gpus = scaling.workers if scaling.use_gpu else 0
+    join_cluster_first(address, gpus)
     train_set, _ = load_datasets(config, need=("train",))
     method = "dense" if stage == "train" else config.method.name
     target = Path(out or Path(config.out) / f"{method}.safetensors").resolve()
-    connect(address)
-    check_cluster_gpus(scaling.workers if scaling.use_gpu else 0)  # before a run is opened
+    connect_checked(address, gpus)  # before a run is opened
     tracker = Tracker(resolve_tracking_uri(tracking_uri, config.out))
     experiment = tracker.experiment(config.name)
     run = tracker.run(experiment, f"{stage}:{target}", name=f"{stage}-{method}", parent=parent,

@@ -27,8 +27,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from prunebench.config import ExperimentConfig
 from prunebench.errors import ConfigError
-from prunebench.platform.ray_train import connect
-from prunebench.platform.resources import check_cluster_gpus, gpus_per_trial
+from prunebench.platform.ray_train import connect_checked, join_cluster_first
+from prunebench.platform.resources import gpus_per_trial
 from prunebench.platform.sweep import Sweep, check_resumable, run_sweep
 from prunebench.platform.tracking import Tracker, flatten, hardware
 from prunebench.platform.trial import TrialSpec
@@ -104,12 +104,12 @@ def run_study(
     if not Path(dense_checkpoint).is_file():
         raise ConfigError(f"--from {dense_checkpoint}: dense checkpoint not found")
     out = Path(config.out).resolve()
+    join_cluster_first(address, gpus)
     _, valid_set = load_datasets(config)  # reads and checks the data before anything starts
     # the trials report their training loss ``reports`` times: ASHA's rungs
     steps = config.finetune.steps
     config = config.model_copy(update={"finetune": config.finetune.model_copy(update={"log_every": max(1, steps // reports)})})
-    connect(address)
-    check_cluster_gpus(gpus)
+    connect_checked(address, gpus)
     tracker = Tracker(tracking_uri)
     experiment_id = tracker.experiment(name)
     parent = tracker.run(experiment_id, f"study:{name}", name=name, tags={"prunebench.kind": "study", "method": space.method})

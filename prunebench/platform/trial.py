@@ -1,8 +1,9 @@
 """The one trial function of ``demo``, ``tune`` and ``benchmark``: fine-tune, evaluate, report in-band.
 
 A trial fine-tunes one method (its parameters and seed in a ``TrialSpec``) from the dense
-checkpoint with the protocol's ``finetune`` schedule, reporting every logging window (task loss,
-each pruning stage's keep beside its target) to Tune. It then evaluates the model it holds in
+checkpoint with the protocol's ``finetune`` schedule, reporting every logging window to Tune: the
+window's mean task loss and stage keeps, and the same measured on the fixed probe of training clips
+(``training.probe``), from which the convergence verdict is judged. It then evaluates the model it holds in
 memory and hands everything to Tune in its final report: the evaluation's metrics, the
 convergence verdict, and a Ray checkpoint folder with the weights, ``results.json`` and the
 keep-mask picture. Ray persists that checkpoint to the run's storage (the output folder, or a
@@ -35,6 +36,7 @@ from prunebench.platform.resources import worker_config
 from prunebench.training.checkpoint import save_checkpoint
 from prunebench.training.convergence import Window
 from prunebench.training.loop import StepMetrics, mean_metrics, train_steps
+from prunebench.training.probe import Probe, ProbeReading
 from prunebench.training.protocol import prepare_stage
 from prunebench.validation import to_dict
 
@@ -87,6 +89,11 @@ def window_metrics(mean: StepMetrics) -> dict[str, float]:
             "lr": mean.lr, **{f"keep_{stage}": value for stage, value in mean.stage_keep.items()}}
 
 
+def probe_metrics(reading: ProbeReading) -> dict[str, float]:
+    """The probe's reading of one window (what the convergence verdict reads), logged beside the window's means."""
+    return {"probe_task_loss": reading.task_loss, **{f"probe_keep_{stage}": v for stage, v in reading.stage_keep.items()}}
+
+
 def run_trial(config: ExperimentConfig, spec: TrialSpec, dense: str, threads: int) -> None:
     """Inside a Tune trial: fine-tune ``spec`` from ``dense`` (unless it is the dense reference), report each
     window, evaluate, report once more.
@@ -109,6 +116,8 @@ def run_trial(config: ExperimentConfig, spec: TrialSpec, dense: str, threads: in
     window: list[StepMetrics] = []
     history: list[Window] = []
     last: dict[str, float] = {}
+    device = torch.device(config.device)
+    probe = Probe(prepared.sampler, config.convergence.probe_clips, prepared.optim.batch_size) if spec.finetune else None
 
     def on_step(metrics: StepMetrics, optimizer: torch.optim.Optimizer) -> None:
         window.append(metrics)
@@ -116,16 +125,16 @@ def run_trial(config: ExperimentConfig, spec: TrialSpec, dense: str, threads: in
             return
         mean = mean_metrics(window)
         window.clear()
-        history.append(Window(mean.step, mean.task_loss, {k: v for k, v in mean.stage_keep.items() if k in targets}))
+        reading = probe.measure(prepared.model, device)
+        history.append(Window(mean.step, reading.task_loss, {k: v for k, v in reading.stage_keep.items() if k in targets}))
         last.clear()
-        last.update(window_metrics(mean))
+        last.update({**window_metrics(mean), **probe_metrics(reading)})
         if metrics.step < steps:  # the last window travels with the final report
             tune.report({**last, "step": metrics.step, "node_id": node})
 
     convergence = None
     if spec.finetune:
-        train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, torch.device(config.device),
-                    on_step=on_step)
+        train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, device, on_step=on_step)
         verdict = config.convergence.assess(history, targets, steps)
         convergence = {"converged": verdict.converged, "reasons": list(verdict.reasons),
                        "final_keep": verdict.final_keep, "targets": targets, "loss_change": verdict.loss_change}

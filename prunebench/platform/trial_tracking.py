@@ -37,8 +37,9 @@ def trial_run_key(sweep: str, trial_id: str) -> str:
 
 
 def _window(result: dict[str, Any]) -> dict[str, float]:
-    keys = [k for k in result if k in WINDOW_KEYS or k.startswith("keep_b")]
-    return {f"train_{k}": float(result[k]) for k in keys}
+    """A window's metrics as MLflow names them: the training means ``train_*``, the probe's ``probe_*``."""
+    means = {f"train_{k}": float(v) for k, v in result.items() if k in WINDOW_KEYS or k.startswith("keep_b")}
+    return {**means, **{k: float(v) for k, v in result.items() if k.startswith("probe_")}}
 
 
 def checkpoint_uri(checkpoint: tune.Checkpoint) -> str:

@@ -1,8 +1,9 @@
 """When a fine-tuning run counts as converged: it has stopped changing.
 
-A fine-tuning run logs, once per logging window, its step, its task loss and, for every learned
-pruning stage, the mean fraction of tokens kept there (its keep). Two stretches of the run are
-compared: the *tail*, the logging windows in the last 20 % of the training steps, and the stretch
+At the end of every logging window a fine-tuning run measures, on a fixed probe of training clips
+(``training.probe``: the same clips and random draws every time, so readings differ only by the
+model's parameters), its task loss and, for every learned pruning stage, the mean fraction of tokens
+kept there (its keep). Two stretches of the run are compared: the *tail*, the logging windows in the last 20 % of the training steps, and the stretch
 just before it (the 20 % before that). The run counts as converged when all three hold:
 
 1. the tail has at least 2 logging windows and the stretch before it at least 1;
@@ -17,7 +18,9 @@ of each stage is reported beside its target (``final_keep``), and the leaderboar
 at their measured PKR anyway. (A target can be out of reach under the protocol: VPP's SMs are
 trained on frame chains whose first frame has no temporal state, so their loss balances that frame
 against the others, as in the released code.) The percentages and counts are the defaults of
-``ConvergenceRule``; a run that is not converged is reported with the reasons, one line each.
+``ConvergenceRule`` (with ``probe_clips``, the probe's size); a run that is not converged is
+reported with the reasons, one line each. Why a probe and not the windows' training means:
+``docs/convergence.md``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ _ROUNDING = 1e-9
 
 @dataclass(frozen=True)
 class Window:
-    """One logging window of a fine-tuning run: its last step, mean task loss and keep per stage."""
+    """One logging window of a fine-tuning run: its last step, and the probe's task loss and keep per stage."""
 
     step: int
     task_loss: float
@@ -60,6 +63,7 @@ class ConvergenceRule(ConfigModel):
     keep_tolerance: float = Field(0.02, ge=0)
     loss_tolerance: float = Field(0.05, ge=0)
     min_windows: int = Field(2, ge=2)  # a steady keep needs two windows
+    probe_clips: int = Field(8, ge=1)  # the training clips every window is measured on (training.probe)
 
     def assess(self, windows: Sequence[Window], targets: Mapping[str, float], total_steps: int) -> Verdict:
         """Judge a run from its logging windows, its stages' target keeps and its number of steps."""

@@ -123,7 +123,6 @@ def train_steps(
     sampler.epoch = start_step // max(1, len(loader))
     batches = _batches(loader, sampler, shard)
     model.train()
-    needs_foreground = model.backbone.method.needs_foreground
     skipped = 0
     for step in range(start_step, optim.steps):
         tic = time.perf_counter()
@@ -131,24 +130,9 @@ def train_steps(
         factor = _lr_factor(step, optim)
         for g in optimizer.param_groups:
             g["lr"] = g["initial_lr"] * factor
-        frames = batch.frames.to(device)
-        state, task, prune, keep = None, 0.0, 0.0, 0.0
-        stage_keep: dict[str, list[float]] = {}
-        steps_t = frames.shape[1]
-        for t in range(steps_t):
-            targets = [(m.to(device), c.to(device)) for m, c in batch.targets[t]]
-            foreground = _foreground(targets) if needs_foreground else None
-            out = model(frames[:, t], state=state, targets=targets, foreground=foreground)
-            # stage keeps as inference sees them: a temporal method's frames that had its state
-            measured = state is not None or out.backbone.state is None
-            state = out.backbone.state
-            task = task + out.task_loss
-            prune = prune + out.backbone.loss
-            keep += float(out.backbone.block_keep.detach().mean())
-            for record in out.backbone.records if measured else ():
-                stage_keep.setdefault(f"b{record.position}", []).append(float(record.keep.detach().mean()))
-        loss = (task + prune) / steps_t
-        task, prune = task.detach(), prune.detach()
+        chain = forward_chain(model, batch, device)
+        loss = chain.task + chain.prune
+        task, prune = chain.task.detach(), chain.prune.detach()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:
@@ -163,10 +147,9 @@ def train_steps(
             if skipped > MAX_SKIPPED_STEPS:
                 raise FloatingPointError(f"more than {MAX_SKIPPED_STEPS} non-finite steps; lower the learning rate")
         if on_step is not None:
-            on_step(StepMetrics(step + 1, float(loss.detach()), float(task) / steps_t, float(prune) / steps_t,
-                                keep / steps_t, optimizer.param_groups[0]["lr"], time.perf_counter() - tic,
-                                skipped=not finite, stage_keep={k: sum(v) / len(v) for k, v in stage_keep.items()}),
-                    optimizer)
+            on_step(StepMetrics(step + 1, float(loss.detach()), float(task), float(prune), chain.keep,
+                                optimizer.param_groups[0]["lr"], time.perf_counter() - tic, skipped=not finite,
+                                stage_keep=chain.stage_keep), optimizer)
     return optimizer
 
 
@@ -206,6 +189,39 @@ def mean_metrics(window: list[StepMetrics]) -> StepMetrics:
                        sum(m.prune_loss for m in window) / n, sum(m.keep for m in window) / n, window[-1].lr,
                        sum(m.seconds for m in window) / n, skipped=any(m.skipped for m in window),
                        stage_keep={k: sum(m.stage_keep.get(k, 0.0) for m in window) / n for k in stages})
+
+
+@dataclass(frozen=True)
+class ChainLoss:
+    """A batch of clips run as frame chains: mean task and sparsity losses over the frames (graphs kept for
+    backward), mean block keep, and the mean keep entering each pruning position (``stage_keep``)."""
+
+    task: Tensor
+    prune: Tensor
+    keep: float
+    stage_keep: dict[str, float]
+
+
+def forward_chain(model: VISModel, batch: ClipBatch, device: torch.device) -> ChainLoss:
+    """Run every clip of ``batch`` as a frame chain: the backbone state of frame t (VPP) goes to frame t+1
+    without detaching. Stage keeps are those inference sees: for a temporal method, the frames that had its state."""
+    frames = batch.frames.to(device)
+    needs_foreground = model.backbone.method.needs_foreground
+    state, task, prune, keep = None, 0.0, 0.0, 0.0
+    stage_keep: dict[str, list[float]] = {}
+    steps = frames.shape[1]
+    for t in range(steps):
+        targets = [(m.to(device), c.to(device)) for m, c in batch.targets[t]]
+        foreground = _foreground(targets) if needs_foreground else None
+        out = model(frames[:, t], state=state, targets=targets, foreground=foreground)
+        measured = state is not None or out.backbone.state is None
+        state = out.backbone.state
+        task = task + out.task_loss
+        prune = prune + out.backbone.loss
+        keep += float(out.backbone.block_keep.detach().mean())
+        for record in out.backbone.records if measured else ():
+            stage_keep.setdefault(f"b{record.position}", []).append(float(record.keep.detach().mean()))
+    return ChainLoss(task / steps, prune / steps, keep / steps, {k: sum(v) / len(v) for k, v in stage_keep.items()})
 
 
 def _foreground(targets: list[tuple[Tensor, Tensor]]) -> Tensor:
