@@ -98,6 +98,7 @@ class EvalConfig(ConfigModel):
     timing_frames: int = Field(30, ge=1)
     warmup_frames: int = Field(5, ge=0)
     threads: int = Field(2, ge=1)
+    lead_in_frames: int = Field(3, ge=0)  # white frames before each video for the scene-cut study (0: skip it)
 
 
 class BenchmarkConfig(ConfigModel):
@@ -182,15 +183,22 @@ def _blame(raw: dict[str, Any], where: str, overrides: dict[str, Any], error: Co
     return ConfigError(f"{where}: {error}")
 
 
-def _read(source: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """The raw mapping of ``source`` and how errors name it (the file's path, or ``config``)."""
+def _read(source: str | Path | dict[str, Any], base_dir: Path | None = None,
+          seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
+    """The raw mapping of ``source`` and how errors name it (the file's path, or ``config``).
+
+    ``extends: NAME`` (a preset, or a YAML file relative to the extending one) reads that config first and
+    lays this one over it: sections merge key by key, any other value (a list included) replaces the base's.
+    """
     if isinstance(source, dict):
-        raw, where = copy.deepcopy(source), "config"
+        raw, where, folder = copy.deepcopy(source), "config", Path.cwd()
     else:
         path = Path(source)
+        if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
+            path = base_dir / path
         if not path.exists() and str(source) in preset_names():
             path = PRESETS_DIR / f"{source}.yaml"
-        where = str(path)
+        where, folder = str(path), path.resolve().parent
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
@@ -201,7 +209,26 @@ def _read(source: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]:
             raise ConfigError(yaml_error_line(where, error)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    return raw, where
+    if "extends" not in raw:
+        return raw, where
+    base = raw.pop("extends")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{where}: extends {base!r}; allowed: the name of a preset or a YAML file")
+    if base in seen or where in seen:
+        raise ConfigError(f"{where}: extends {base!r} loops back to itself ({' -> '.join((*seen, where, base))})")
+    try:
+        parent, _ = _read(base, folder, (*seen, where))
+    except ConfigError as error:
+        raise ConfigError(f"{where}: extends {base}: {error}") from None
+    return _merged(parent, raw), where
+
+
+def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` laid over ``base``: mappings merged key by key, anything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _overridden(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,8 @@ def test_relative_paths_become_absolute_against_the_working_directory(tmp_path, 
     assert load_config(to_dict(config)) == config
 
 
-@pytest.mark.parametrize("preset", ["demo", "benchmark-tiny", "benchmark-cpu", "paper-tiny", "paper-small"])
+@pytest.mark.parametrize("preset", ["demo", "benchmark-tiny", "benchmark-cpu", "benchmark-cpu-adapter", "paper-tiny",
+                                    "paper-small"])
 def test_preset_to_dict_to_config_round_trip(preset):
     config = load_config(preset, {"method.name": "vpp", "method.params": {"kappa": 0.6, "sm_positions": [4, 7]}})
     plain = to_dict(config)
@@ -191,3 +192,26 @@ def test_yaml_error_through_the_cli(tmp_path, capsys):
     path = _write(tmp_path, "train:\n\tsteps: 3\n")
     assert main(["train", str(path)]) == 2
     assert capsys.readouterr().err.startswith(f"prunebench train: error: {path}:2:1: found character '\\t'")
+
+
+def test_extends_lays_a_config_over_its_base(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\ntrain: {steps: 7, lr: 0.1}\nbenchmark: {seeds: [0, 1, 2]}\n")
+    path = _write(tmp_path, "extends: base.yaml\nname: top\ntrain: {steps: 9}\nbenchmark: {seeds: [5]}\n")
+    config = load_config(path)
+    assert (config.name, config.train.steps, config.train.lr, config.benchmark.seeds) == ("top", 9, 0.1, (5,))
+    adapter, plain = load_config("benchmark-cpu-adapter"), load_config("benchmark-cpu")
+    assert adapter.model.adapter == "vit_adapter" and plain.model.adapter == "none"
+    assert (adapter.finetune, adapter.train, adapter.benchmark.seeds, adapter.benchmark.settings, adapter.data.synth) == (
+        plain.finetune, plain.train, plain.benchmark.seeds, plain.benchmark.settings, plain.data.synth)
+    assert load_config("paper-small").model.backbone == "vit_small" and load_config("paper-small").model.adapter == "vit_adapter"
+
+
+@pytest.mark.parametrize("text,says", [
+    ("extends: nowhere.yaml\n", "extends nowhere.yaml: nowhere.yaml: config file not found"),
+    ("extends: [demo]\n", "extends ['demo']; allowed: the name of a preset or a YAML file"),
+    ("extends: experiment.yaml\n", "loops back to itself"),
+])
+def test_bad_extends_is_one_line_naming_the_file(tmp_path, text, says):
+    path = _write(tmp_path, text)
+    message = _fails(path)
+    assert message.startswith(f"{path}: ") and says in message, message

@@ -224,7 +224,7 @@ def test_camera_moves_a_still_object_with_the_scene(monkeypatch):
                                  angle=0.0, spin=0.0, wobble=0.0, colors=(np.full(3, 220.0), np.zeros(3)),
                                  depth=0.0, start=0, stop=spec.frames)
     monkeypatch.setattr(synth_module, "_objects", lambda rng, spec, camera: [still])
-    _, _, masks = synth_module._render_video(np.random.default_rng(0), spec)
+    _, _, masks, _ = synth_module._render_video(np.random.default_rng(0), spec)
     camera = synth_module._camera_path(np.random.default_rng(0), spec)  # the video's first draws
     assert np.abs(camera).max() >= 2
     for t, mask in enumerate(masks[0]):

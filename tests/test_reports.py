@@ -15,6 +15,7 @@ from prunebench.errors import ConfigError
 from prunebench.platform.tracking import Tracker, resolve_tracking_uri
 from prunebench.reports.leaderboard import build_leaderboards, fetch_runs
 from prunebench.reports.pareto import hypervolume, pareto_front
+from prunebench.reports.recovery import recovery_table
 from prunebench.reports.report import method_fronts, write_report
 
 KEEP = [1.0] * 12
@@ -55,6 +56,15 @@ def _per_video(method, ap):
     return {v: ap + sign * o for v, o in OFFSET.items()}
 
 
+def _recovery(method, seed):
+    """Scene-cut metrics of the vpp and random runs: frame IoI by frames since a cut / white frames."""
+    if method not in ("vpp", "random"):
+        return {}
+    drop = 50.0 if method == "vpp" else 30.0
+    return {"recovery_cut_m1": 90.0, "recovery_cut_0": 90.0 - drop + int(seed), "recovery_cut_1": 85.0,
+            "recovery_blank_0": 20.0, "recovery_blank_1": 80.0 + int(seed)}
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
@@ -67,7 +77,7 @@ def store(tmp_path_factory):
         for setting, pkr, ap in points:
             converged = not (method == "dynamicvit" and seed == "1" and setting == "0.50")
             _log(tracker, exp, f"{method}-{setting}-{seed}", method, setting,
-                 {**base, "AP": ap, "pkr": pkr, "gmacs": pkr}, seed=seed, keep=[1.0] + [pkr] * 11,
+                 {**base, "AP": ap, "pkr": pkr, "gmacs": pkr, **_recovery(method, seed)}, seed=seed, keep=[1.0] + [pkr] * 11,
                  converged=converged, per_video=_per_video(method, ap),
                  history=[(10, 2.0, 0.6), (20, 1.5, 0.52), (30, 1.49, 0.5)])
     tracker.experiment("empty")
@@ -174,12 +184,21 @@ def test_empty_missing_dense_and_mixed_sets(store):
     assert aps == {"vit_small": 50.0, "vit_tiny": 30.0}
 
 
+def test_scene_cut_table_averages_the_setting_nearest_the_goal(store):
+    board, _ = _goal_rows(store[1])
+    records = {(r["after"], r["method"]): r for r in recovery_table(board, 0.55)}
+    assert set(records) == {(a, m) for a in ("cut", "blank") for m in ("vpp", "random")}  # no "start" was logged
+    vpp_cut = records["cut", "vpp"]
+    assert vpp_cut["setting"] == "0.60" and vpp_cut["t-1"] == 90.0 and vpp_cut["t+0"] == 40.5 and vpp_cut["t+2"] is None
+    assert records["blank", "random"]["t+1"] == 80.5 and "t-1" not in records["blank", "random"]
+
+
 def test_report_files_and_cli(store, tmp_path, capsys):
     root, uri = store
     result = write_report(uri, tmp_path / "rep", "known")
     names = sorted(Path(f).name for f in result["files"])
     assert names == ["density.png", "leaderboard.md", "leaderboard.parquet", "learning_curves.png", "pareto_fps.png",
-                     "pareto_gmacs.png", "pareto_pkr.png", "report.html", "settings.parquet"]
+                     "pareto_gmacs.png", "pareto_pkr.png", "report.html", "scene_cuts.png", "settings.parquet"]
     table = pq.read_table(tmp_path / "rep" / "leaderboard.parquet").to_pylist()
     assert len(table) == 6 and {(r["method"], r["goal_pkr"]) for r in table} == {
         (m, g) for m in ("vpp", "random", "dynamicvit") for g in (0.55, 0.40)}
@@ -209,7 +228,7 @@ def test_report_renders_in_headless_chromium(store, tmp_path):
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=10000"]
     dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
     title = re.search(r"<title>(.*?)</title>", dom.stdout).group(1)
-    assert title == "prunebench report: 5/5 figures, 6/6 tables", title
+    assert title == "prunebench report: 6/6 figures, 7/7 tables", title
     shot = tmp_path / "report.png"
     subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1400,2600", page],
                    capture_output=True, timeout=120, check=True)

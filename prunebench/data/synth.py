@@ -6,9 +6,10 @@ video (by default) from 5 categories that differ in shape *and* texture (disk/so
 triangle/checker, ring/speckle, cross/dots) and, by default, in hue (each category has its own colour range,
 jittered per instance); smooth motion with rotation and breathing scale; occlusion by depth order;
 objects that enter (sliding in from outside the frame within ``ENTRY_FRAMES`` frames) or leave
-mid-video; optional scene cuts (new background, objects jump; identities continue, as in the paper's §5.4).
+mid-video; optional scene cuts (new background, objects jump; identities continue, as in the paper's §5.4),
+recorded in each video entry as ``scene_cuts`` (the first frame of each new scene; ``[]`` without one).
 
-Harder data for benchmarking (``SynthSpec`` options; the defaults keep the files byte-identical to
+Harder data for benchmarking (``SynthSpec`` options; the defaults keep the frames byte-identical to
 those drawn before the options existed, because nothing extra is drawn at a default):
 ``hue_mode="shared"`` removes the colour shortcut (every category draws its hue from the whole
 circle, so only shape and texture tell the class); ``radius_range`` sets object sizes (e.g.
@@ -243,7 +244,8 @@ def _camera_path(rng: np.random.Generator, spec: SynthSpec) -> np.ndarray:
     return np.round(np.concatenate([np.zeros((1, 2)), np.cumsum(steps, axis=0)]))
 
 
-def _render_video(rng: np.random.Generator, spec: SynthSpec) -> tuple[list[np.ndarray], list[_Object], list[list[np.ndarray | None]]]:
+def _render_video(rng: np.random.Generator, spec: SynthSpec) -> tuple[list[np.ndarray], list[_Object],
+                                                                     list[list[np.ndarray | None]], list[int]]:
     """Frames (uint8 HxWx3) and, per object, its visible mask per frame (None when absent).
 
     Objects live in scene coordinates; the camera moves the whole view over the scene (the
@@ -293,7 +295,7 @@ def _render_video(rng: np.random.Generator, spec: SynthSpec) -> tuple[list[np.nd
             if visible.sum() >= MIN_VISIBLE_PIXELS:
                 masks[i][t] = visible
         frames.append(np.clip(image + rng.normal(0, 2.0, image.shape), 0, 255).astype(np.uint8))
-    return frames, objects, masks
+    return frames, objects, masks, [cut] if cut >= 0 else []
 
 
 def _encode_rle(mask: np.ndarray) -> dict[str, Any]:
@@ -307,9 +309,9 @@ def _jpeg_bytes(frame: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _render_encoded(seed: np.random.SeedSequence, spec: SynthSpec) -> tuple[list[bytes], list[dict[str, Any]]]:
-    """One video from its own seed: JPEG bytes per frame and, per visible object, its annotation."""
-    frames, objects, masks = _render_video(np.random.default_rng(seed), spec)
+def _render_encoded(seed: np.random.SeedSequence, spec: SynthSpec) -> tuple[list[bytes], list[dict[str, Any]], list[int]]:
+    """One video from its own seed: JPEG bytes per frame, per visible object its annotation, and its scene cuts."""
+    frames, objects, masks, cuts = _render_video(np.random.default_rng(seed), spec)
     annotations = []
     for obj, per_frame in zip(objects, masks):
         if all(m is None for m in per_frame):
@@ -326,7 +328,7 @@ def _render_encoded(seed: np.random.SeedSequence, spec: SynthSpec) -> tuple[list
             "bboxes": [None if m is None else [float(x) for x in mask_utils.toBbox(s)]
                        for m, s in zip(per_frame, segmentations)],
         })
-    return [_jpeg_bytes(frame) for frame in frames], annotations
+    return [_jpeg_bytes(frame) for frame in frames], annotations, cuts
 
 
 def _write_split(root: Path, split: str, count: int, spec: SynthSpec, seed: np.random.SeedSequence,
@@ -335,7 +337,7 @@ def _write_split(root: Path, split: str, count: int, spec: SynthSpec, seed: np.r
     frame_total = 0
     render = functools.partial(_render_encoded, spec=spec)
     rendered = pool.map(render, seed.spawn(count), chunksize=8) if pool else map(render, seed.spawn(count))
-    for index, (frames, objects) in enumerate(rendered):  # in order: files and hash do not depend on the pool
+    for index, (frames, objects, cuts) in enumerate(rendered):  # in order: files and hash do not depend on the pool
         name = f"{split}_{index:04d}"
         folder = root / split / "JPEGImages" / name
         folder.mkdir(parents=True)
@@ -348,7 +350,7 @@ def _write_split(root: Path, split: str, count: int, spec: SynthSpec, seed: np.r
         progress.update()
         video_id = index + 1
         videos.append({"id": video_id, "width": spec.width, "height": spec.height, "length": spec.frames,
-                       "file_names": file_names})
+                       "file_names": file_names, "scene_cuts": cuts})
         for annotation in objects:
             annotations.append({"id": len(annotations) + 1, "video_id": video_id, **annotation})
     dataset = {

@@ -64,6 +64,8 @@ class Video:
     width: int
     frame_paths: tuple[Path, ...]
     instances: tuple[Instance, ...]
+    #: first frames of new scenes (optional ``scene_cuts`` of the video entry; the synthetic videos record theirs)
+    scene_cuts: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.frame_paths)
@@ -287,8 +289,12 @@ class Annotations:
         if "length" in video and video["length"] != len(names):
             raise self.fail(f"video {ident}", f"length {short_repr(video['length'])} disagrees with its "
                             f"{len(names)} file_names; allowed: length = the number of file_names")
+        cuts = video.get("scene_cuts", [])
+        if not (isinstance(cuts, list) and all(is_integer(t) and 0 < t < len(names) for t in cuts)):
+            raise self.fail(f"video {ident}", f"scene_cuts {short_repr(cuts)}; allowed: a list of frame indices "
+                            f"1 .. {len(names) - 1} (the first frame of each new scene)")
         return int(video["id"]), {"height": int(video["height"]), "width": int(video["width"]),
-                                  "file_names": list(names)}
+                                  "file_names": list(names), "scene_cuts": tuple(sorted(int(t) for t in cuts))}
 
     def _add(self, ann: Any) -> bool:
         """Check one annotation and add it to its video; False (left out) if its category is not listed."""
@@ -399,7 +405,8 @@ class YTVISDataset:
             problem = frame_problem(path, meta["height"], meta["width"])
             if problem is not None:
                 raise self.annotations.fail(f"video {vid} frame {index}", problem)
-        return Video(vid, meta["height"], meta["width"], paths, tuple(self.annotations.instances[vid]))
+        return Video(vid, meta["height"], meta["width"], paths, tuple(self.annotations.instances[vid]),
+                     meta["scene_cuts"])
 
     def check_not_empty(self, key: str) -> None:
         """ConfigError (one line naming the split, ``key`` of the config, and the root) if no video has a frame."""

@@ -14,6 +14,10 @@ instance's mean area at the video's resolution; a bucket without instances is No
 is the same recall block by block (how much of the objects VPP's Map-SM keeps at blocks 1–2, say),
 and ``fg_precision`` the share of the tokens entering each block that are foreground patches: together
 they say how well a selector finds the objects, against the ``oracle`` control's ground-truth mask.
+
+``recovery`` is the scene-cut study (``evaluation.scene_cuts``): each frame's IoI by frames since a
+scene cut, since the video's start, and since the video's start after ``lead_in_frames`` white frames
+(a short extra pass of the backbone over each video's first frames, with its own selector noise).
 """
 
 from __future__ import annotations
@@ -33,11 +37,19 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from prunebench.config import EvalConfig
-from prunebench.data.pipeline import content_size, cycled_frames, patch_cover, prepare_masks, video_frames
+from prunebench.data.pipeline import (
+    content_size,
+    cycled_frames,
+    patch_cover,
+    prepare_image,
+    prepare_masks,
+    video_frames,
+)
 from prunebench.data.ytvis import Video, YTVISDataset
 from prunebench.evaluation.accounting import TokenAccountant
 from prunebench.evaluation.flops import backbone_cost
 from prunebench.evaluation.plots import KeepExample
+from prunebench.evaluation.scene_cuts import AFTER, RecoveryMeter, frame_ioi, instance_recall
 from prunebench.evaluation.vis_metrics import VIDEO_AREA_RANGES, per_video_ap, score_results
 from prunebench.models.tracker import QueryTracker
 from prunebench.models.vis_model import VISModel
@@ -58,8 +70,7 @@ class IoIMeter:
         """One instance in one frame: ``patches`` (N,) bool, ``block_keep`` (depth, N)."""
         if not bool(patches.any()):
             return
-        inside = block_keep[:, patches].float().mean(dim=1)  # per block: kept fraction of the instance
-        self._per_instance[key].append(inside.numpy())
+        self._per_instance[key].append(instance_recall(patches, block_keep))
         self._area[key] = area
 
     def result(self) -> dict[str, Any]:
@@ -175,8 +186,9 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
     model.eval()
     category_ids = sorted(dataset.categories)
     generator = torch.Generator(device=device).manual_seed(config.seed)
+    lead_in_generator = torch.Generator(device=device).manual_seed(config.seed)  # the main pass's draws stay its own
     tracker, accountant, ioi = QueryTracker(config.top_k, config.nms_iou), TokenAccountant(), IoIMeter()
-    precision = ForegroundMeter()
+    precision, recovery = ForegroundMeter(), RecoveryMeter()
     dense = create_backbone(model.backbone.backbone_name, "dense", adapter=model.backbone.adapter_name).to(device).eval()
     dense_gmacs: dict[tuple[int, int], float] = {}
     results, gmacs, kept_examples = [], [], []
@@ -199,13 +211,17 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
                 size = tuple(image.shape[-2:])
                 if size not in dense_gmacs:
                     dense_gmacs[size] = backbone_cost(dense, image).gmacs
-                _update_ioi(ioi, video, t, patches, backbone_out.block_keep[:, 0].cpu(), areas)
-                precision.update(patches.any(dim=0), backbone_out.block_keep[:, 0].cpu())
+                keep = backbone_out.block_keep[:, 0].cpu()
+                _update_ioi(ioi, video, t, patches, keep, areas)
+                precision.update(patches.any(dim=0), keep)
+                recovery.add_video_frame(video.scene_cuts, t, frame_ioi(patches, keep))
                 if len(kept_examples) < examples:
                     kept_examples.append(_example(video, t, backbone_out.block_keep[:, 0].cpu(), image.shape[-2:], max_size))
                 frames.update()
             results += tracker.finish(video.id, content_size(video.height, video.width, max_size),
                                       (video.height, video.width), category_ids)
+            if config.lead_in_frames:
+                _blank_lead_in(model, video, config.lead_in_frames, max_size, device, lead_in_generator, recovery)
         gt = dataset.ground_truth()
         metrics: dict[str, Any] = score_results(gt, results)
         metrics.update({
@@ -214,6 +230,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
             "per_block_keep": accountant.per_block_keep,
             "ioi": ioi.result(),
             "fg_precision": precision.result(),
+            "recovery": recovery.result(),
             "gmacs": float(np.mean(gmacs)),
             "gmacs_dense": float(np.mean([dense_gmacs[s] for s in dense_gmacs])),
             "frames": accountant.frames,
@@ -257,3 +274,23 @@ def _update_ioi(meter: IoIMeter, video: Video, t: int, patches: torch.Tensor, bl
     present = [inst for inst in video.instances if inst.rles[t] is not None and not inst.iscrowd]
     for inst, covered in zip(present, patches):  # video.masks lists the same instances, in the same order
         meter.update((video.id, inst.id), covered, block_keep, areas[inst.id])
+
+
+def _blank_lead_in(model: VISModel, video: Video, lead_in: int, max_size: int | None, device: torch.device,
+                   generator: torch.Generator, meter: RecoveryMeter) -> None:
+    """The paper's scene-switch protocol: ``lead_in`` white frames of the video's size (temporal state carried),
+    then its first frames; each one's IoI measured by frames since the video began (backbone only)."""
+    white = prepare_image(np.full((video.height, video.width, 3), 255, dtype=np.uint8), max_size)[None].to(device)
+    nothing = torch.zeros(1, white.shape[-2] // PATCH_SIZE * (white.shape[-1] // PATCH_SIZE), dtype=torch.bool,
+                          device=device)
+    needs_foreground = model.backbone.method.needs_foreground
+    state = None
+    for _ in range(lead_in):
+        state = model.backbone(white, state=state, generator=generator,
+                               foreground=nothing if needs_foreground else None).state
+    for t, image in enumerate(itertools.islice(video_frames(video, max_size), AFTER + 1)):
+        patches = _instance_patches(video, t, max_size)
+        foreground = patches.any(dim=0)[None].to(device) if needs_foreground else None
+        out = model.backbone(image.to(device), state=state, generator=generator, foreground=foreground)
+        state = out.state
+        meter.add("blank", t, frame_ioi(patches, out.block_keep[:, 0].cpu()))

@@ -66,6 +66,7 @@ class EvalRun:
     target_keep: dict[str, float] = field(default_factory=dict)
     ioi_per_block: dict[str, float] = field(default_factory=dict)  # "00".."11" -> IoI (%) at that block
     fg_precision: dict[str, float] = field(default_factory=dict)  # "00".."11" -> foreground share (%) of kept tokens
+    recovery: dict[str, float] = field(default_factory=dict)  # "cut_m1", "blank_0", ... -> frame IoI (%) (scene cuts)
 
 
 def _prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
@@ -86,6 +87,7 @@ def _as_run(run: Any) -> EvalRun:
         converged=None if "converged" not in metrics else bool(metrics["converged"]),
         final_keep=_prefixed(metrics, "final_keep_"), target_keep=_prefixed(metrics, "target_keep_"),
         ioi_per_block=_prefixed(metrics, "ioi_per_block_"), fg_precision=_prefixed(metrics, "fg_precision_"),
+        recovery=_prefixed(metrics, "recovery_"),
     )
 
 

@@ -1,7 +1,8 @@
 """``prunebench report``: leaderboard, Pareto fronts, density plot, IoI table, HTML, from MLflow.
 
 Files (all written atomically into ``--out``): ``leaderboard.md``, ``leaderboard.parquet``,
-``pareto_pkr.png``, ``pareto_gmacs.png``, ``pareto_fps.png``, ``density.png``, ``report.html`` (one
+``pareto_pkr.png``, ``pareto_gmacs.png``, ``pareto_fps.png``, ``density.png``, ``learning_curves.png``,
+``scene_cuts.png`` (when the runs measured scene-cut recovery), ``report.html`` (one
 self-contained file: tables and figures inline as base64 PNGs, readable without a server).
 
 Pareto fronts are per method over all its evaluation runs of a (backbone, dataset) group: AP up
@@ -36,6 +37,7 @@ from prunebench.reports.leaderboard import (  # noqa: E402
     markdown,
 )
 from prunebench.reports.pareto import hypervolume, pareto_front  # noqa: E402
+from prunebench.reports.recovery import recovery_figure, recovery_table  # noqa: E402
 from prunebench.reports.style import method_color, png_bytes  # noqa: E402
 
 AXES = {  # name -> (metric, axis label, lower is better)
@@ -208,6 +210,9 @@ def write_report(tracking_uri: str, out: str | Path, experiment: str | None = No
                          "front_size": len(d["front"])} for m, d in fronts.items()]
         figures[f"density{suffix}.png"] = density_figure(board, goals)
         figures[f"learning_curves{suffix}.png"] = learning_curves_figure(tracking_uri, board)
+        recovery = recovery_figure(board, max(goals))
+        if recovery is not None:
+            figures[f"scene_cuts{suffix}.png"] = recovery
         for name, png in figures.items():
             save(name, png)
         group = {"backbone": board.backbone, "dataset": board.dataset}
@@ -230,6 +235,8 @@ def write_report(tracking_uri: str, out: str | Path, experiment: str | None = No
                         f"{_html_table(diagnostics_table(board, goals))}"
                         f"<h3>Pareto fronts (hypervolume)</h3>{_html_table(volumes)}"
                         f"<h3>IoI (%)</h3>{_html_table(ioi_table(board))}"
+                        f"<h3>Scene-cut recovery: frame IoI (%) by frames since the change, setting nearest "
+                        f"PKR {100 * max(goals):.0f} %</h3>{_html_table(recovery_table(board, max(goals)))}"
                         f"<h3>Figures</h3><div class='figs'>{images}</div>")
     for name, rows in (("leaderboard.parquet", records), ("settings.parquet", setting_records)):
         with atomic_path(out / name) as tmp:
