@@ -164,23 +164,30 @@ def test_reader_reports_missing_annotation_file(tmp_path):
 
 # --- harder data (SynthSpec's hardness options) -------------------------------------------------
 
-#: sha256 of each split (JPEG bytes + annotation file) and of splits.json, drawn by the code before
-#: the hardness options existed (commit 3db80f8) with Pillow's JPEG encoder of this environment; the
-#: options at their defaults must not change a byte (the demo's trained AP depends on these files)
+#: sha256 of the JPEG frames (names and bytes), drawn by the code before the hardness options existed
+#: (commit 3db80f8) with Pillow's JPEG encoder of this environment: the options at their defaults must not
+#: change a pixel (the demo's trained AP depends on these frames); and the sha256 of each split (JPEG bytes +
+#: annotation file) and of splits.json since the annotation files record each video's ``scene_cuts``
 PINNED = {
-    "test SPEC": ("fcc93dd289cb400f2a74157cba2913d515005951bd48fa7f8a5c7f5c2e8cfff3",
-                  "49e0cc2957fa4f2a63071ff29661f34537f6abff3e71d42279440b07088ddcb9",
-                  "148745871e4d720f4af8e2aa94a0f06622f7e0c2f0644b96f42833e51c790cfb"),
-    "defaults, 2 + 1 videos": ("233c94eb428c782e384f3a2198b8d0b6b44ece7213c9ea340ed555acc423f00e",
-                               "4456e0ca89ab2b8963e9784c3e6dd00c417efd326404585535756e6ff2ba2f01",
-                               "6c205413b75b84a57bdf4f1e294f5446cf79d5c6b40e7e8a91c7a2be5df9c8e0"),
+    "test SPEC": ("61fae8a5166977697f4d7cabb68b959afcd1ecb06926d9920dabc2e623fc6092",
+                  "5d4558667c226d7d66723ec5cbca6cab7b1d047a9f8c07feffb3d4b7b1829840",
+                  "3991050a39bed17470167e5b8ad29866cb276e47ca24cff8a039071cbfdfd6e9",
+                  "63d5b447f93a3d40d82403536860339737c0675574b7cd19c3eafdb56b2f9a60"),
+    "defaults, 2 + 1 videos": ("119f785f68dd54d14abd529a7a20c06cf1c2d0a94a9919f5cf6d38c9c4db356b",
+                               "06bfaaf9fe2d7f750586245c4d2ca1b22cef78ac79cadb39bb21705015c513fc",
+                               "ec645afaeb0924b2658fcdd46a572fe65574e3b3c776c16d861767144064c8f3",
+                               "b6f29f8084df0ee7c110a7884cf27f19af71b64055312c4d97877b8d0a2c995d"),
 }
 HARD = SynthSpec(videos=4, valid_videos=1, frames=6, height=128, width=224, seed=1, scene_cut_prob=0.5,
                  hue_mode="shared", radius_range=(0.06, 0.08), max_objects=2, camera_motion=2.0)
 
 
-def _hashes(root: Path, info: dict) -> tuple[str, str, str]:
-    return (info["splits"]["train"]["sha256"], info["splits"]["valid"]["sha256"],
+def _hashes(root: Path, info: dict) -> tuple[str, str, str, str]:
+    frames = hashlib.sha256()
+    for path in sorted(root.rglob("*.jpg")):
+        frames.update(str(path.relative_to(root)).encode())
+        frames.update(path.read_bytes())
+    return (frames.hexdigest(), info["splits"]["train"]["sha256"], info["splits"]["valid"]["sha256"],
             hashlib.sha256((root / "splits.json").read_bytes()).hexdigest())
 
 

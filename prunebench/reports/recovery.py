@@ -70,5 +70,6 @@ def recovery_figure(board: Leaderboard, goal: float) -> bytes | None:
         ax.set_ylim(0, 102)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"frame IoI (%), setting nearest PKR {100 * goal:.0f} %")
-    axes[0][-1].legend(fontsize=7)
+    labelled = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    axes[0][-1].legend(labelled.values(), labelled.keys(), fontsize=7)
     return png_bytes(figure)
