@@ -2,11 +2,13 @@
 really in bf16, weights and scores in fp32), the loss-scaler path of fp16, and the refusals before anything starts."""
 
 import contextlib
+import json
 import math
 from collections.abc import Iterator
 
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
 import prunebench.precision
 import prunebench.training.loop
@@ -16,9 +18,11 @@ from prunebench.errors import ConfigError
 from prunebench.evaluation.vis_eval import evaluate
 from prunebench.models.vis_model import VISModel
 from prunebench.platform.cli import main
+from prunebench.platform.tracking import resolve_tracking_uri
 from prunebench.precision import autocast, check_precision, cpu_supports_bf16, grad_scaler
+from prunebench.training.checkpoint import save_checkpoint
 from prunebench.training.loop import train_steps
-from prunebench.training.protocol import prepare_stage
+from prunebench.training.protocol import build_model, prepare_stage
 
 CPU = torch.device("cpu")
 NEEDS_BF16_CPU = pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no bfloat16 instructions")
@@ -93,6 +97,15 @@ def test_bf16_on_a_cpu_without_bfloat16_stops_before_anything_starts(tmp_path, m
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
+def test_bf16_on_a_gpu_without_native_bfloat16_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    with pytest.raises(ConfigError, match=r"^precision=bf16 but this machine's GPU \(Tesla T4\) has no native bfloat16"):
+        check_precision("bf16", "cuda")
+    check_precision("fp16", "cuda")
+
+
 @NEEDS_BF16_CPU
 def test_training_steps_under_bf16_give_finite_losses_and_keep_fp32_weights(tmp_path):
     config, prepared = _prepared(tmp_path)
@@ -120,6 +133,18 @@ def test_evaluation_under_bf16_runs_the_model_in_bf16_and_scores_in_fp32(tmp_pat
     assert all(math.isfinite(metrics[k]) for k in ("pkr", "gmacs", "fps_backbone", "fps_model"))
     assert 0 < metrics["pkr"] < 1 and metrics["ioi"]["all"] is not None
     assert evaluation.examples[0].block_keep.dtype == "float32"  # keep masks read in fp32
+
+
+@NEEDS_BF16_CPU
+def test_an_evaluation_run_records_its_precision_in_params_and_metrics(tmp_path, capsys):
+    path = write_config(tmp_path, precision="bf16")
+    config = load_config(path)
+    checkpoint = save_checkpoint(tmp_path / "dense.safetensors", build_model(config, 5, "dense", {}),
+                                 {"config": {"model": {"backbone": "vit_tiny"}}, "method": "dense", "params": {}})
+    assert main(["eval", str(path), "--checkpoint", str(checkpoint), "--no-timing", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    run = MlflowClient(resolve_tracking_uri(None, config.out)).get_run(result["mlflow_run_id"])
+    assert run.data.params["precision"] == "bf16" and result["precision"] == "bf16"
 
 
 @pytest.mark.parametrize("init_scale", [1e38, 1.0])
