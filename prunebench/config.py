@@ -27,6 +27,7 @@ from prunebench.errors import ConfigError
 from prunebench.models.params import parse_params
 from prunebench.models.registry import BACKBONES, AdapterName, method_class
 from prunebench.models.vis_model import HeadConfig
+from prunebench.precision import Precision
 from prunebench.training.convergence import ConvergenceRule
 from prunebench.validation import ConfigModel, Items, validated
 from prunebench.validation_errors import yaml_error_line
@@ -119,11 +120,15 @@ class BenchmarkConfig(ConfigModel):
 
 
 class ExperimentConfig(ConfigModel):
-    """A whole experiment: data, model, method, the two training stages, evaluation."""
+    """A whole experiment: data, model, method, the two training stages, evaluation.
+
+    ``precision``: ``fp32``, or autocast to ``bf16`` / ``fp16`` in training and inference (``prunebench.precision``).
+    """
 
     name: str = "experiment"
     seed: int = 0
     device: Literal["cpu", "cuda"] = "cpu"
+    precision: Precision = "fp32"
     out: str = "runs"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

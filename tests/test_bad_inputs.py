@@ -61,6 +61,9 @@ CASES: dict[str, Case] = {
     "train_gpu_flag_without_gpu": Case(("train", "$config", "--gpu", "--set", "device=cuda"), "has no GPU",
                                        without_gpu=True),
     "train_zero_workers": Case(("train", "$config", "--workers", "0"), "--workers 0"),
+    "train_unknown_precision": Case(("train", "$config", "--set", "precision=fp64"),
+                                    "precision must be one of 'fp32', 'bf16', 'fp16', got 'fp64'"),
+    "train_fp16_on_cpu": Case(("train", "$config", "--set", "precision=fp16"), "precision=fp16 with device=cpu"),
     # finetune
     "finetune_without_method": Case(("finetune", "$config", "--from", "$dense"), "finetune needs a pruning method"),
     "finetune_with_method_dense": Case(("finetune", "$config", "--from", "$dense", "--set", "method.name=dense"),
@@ -97,6 +100,8 @@ CASES: dict[str, Case] = {
                                     "pretrained weights not found"),
     "eval_cuda_without_gpu": Case(("eval", "$config", "--checkpoint", "$dense", "--set", "device=cuda"), "has no GPU",
                                   without_gpu=True),
+    "eval_fp16_on_cpu": Case(("eval", "$config", "--checkpoint", "$dense", "--set", "precision=fp16"),
+                             "precision=fp16 with device=cpu"),
     # tune
     "tune_unknown_space": Case(("tune", "vppp", "--config", "$config"), "search space not found"),
     "tune_unknown_objective": Case(("tune", "vpp", "--config", "$config", "--objective", "latency"), "--objective latency"),
@@ -131,6 +136,7 @@ CASES: dict[str, Case] = {
     "flops_no_frames": Case(("flops", "--method", "svit", "--data", "$data", "--max-frames", "0"), "--max-frames 0"),
     "bench_unknown_backbone": Case(("bench", "$config", "--set", "model.backbone=vit_huge"), "got 'vit_huge'"),
     "bench_target_without_presets": Case(("bench", "$config", "--target", "0.9"), "target PKR 0.9"),
+    "bench_fp16_on_cpu": Case(("bench", "$config", "--set", "precision=fp16"), "precision=fp16 with device=cpu"),
 }
 
 

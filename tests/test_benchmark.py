@@ -114,6 +114,8 @@ def test_dense_key_changes_with_data_and_dense_config_only(tmp_path):
     assert dense_key(base, *splits[other]) != key  # other data
     lr = load_config("benchmark-tiny", {"data.root": str(data), "train.lr": 3e-4})
     assert dense_key(lr, *splits[data]) != key  # another dense recipe
+    bf16 = load_config("benchmark-tiny", {"data.root": str(data), "precision": "bf16"})
+    assert dense_key(bf16, *splits[data]) != key  # another precision
     calls = []
 
     def train_into(target):

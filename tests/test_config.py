@@ -55,7 +55,7 @@ def test_unknown_key_in_yaml(tmp_path):
 
 def test_unknown_section_in_yaml(tmp_path):
     path = _write(tmp_path, "trainig:\n  steps: 5\n")
-    assert _fails(path).startswith(f"{path}: unknown key 'trainig'; allowed: name, seed, device, out, data, model")
+    assert _fails(path).startswith(f"{path}: unknown key 'trainig'; allowed: name, seed, device, precision, out, data")
 
 
 def test_wrong_type_in_yaml(tmp_path):
@@ -86,6 +86,26 @@ def test_out_of_range_list_item_in_yaml(tmp_path):
 def test_unknown_device_in_yaml(tmp_path):
     path = _write(tmp_path, "device: gpu\n")
     assert _fails(path) == f"{path}: device must be one of 'cpu', 'cuda', got 'gpu'"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_precision_values(precision, tmp_path):
+    path = _write(tmp_path, f"precision: {precision}\n")
+    assert load_config(path).precision == precision
+    assert load_config("demo", {"precision": precision}).precision == precision
+
+
+def test_precision_defaults_to_fp32():
+    assert load_config("demo").precision == "fp32" and ExperimentConfig().precision == "fp32"
+
+
+def test_unknown_precision_in_yaml(tmp_path):
+    path = _write(tmp_path, "precision: fp64\n")
+    assert _fails(path) == f"{path}: precision must be one of 'fp32', 'bf16', 'fp16', got 'fp64'"
+
+
+def test_precision_of_wrong_type_through_set():
+    assert _fails("demo", {"precision": 16}) == "--set precision=16: precision must be one of 'fp32', 'bf16', 'fp16', got 16"
 
 
 def test_unknown_backbone_in_yaml(tmp_path):

@@ -13,7 +13,7 @@ import scipy.stats
 
 from prunebench.errors import ConfigError
 from prunebench.platform.tracking import Tracker, resolve_tracking_uri
-from prunebench.reports.leaderboard import build_leaderboards, fetch_runs
+from prunebench.reports.leaderboard import build_leaderboards, fetch_runs, markdown
 from prunebench.reports.pareto import hypervolume, pareto_front
 from prunebench.reports.recovery import recovery_table
 from prunebench.reports.report import method_fronts, write_report
@@ -23,12 +23,13 @@ VIDEOS = ("1", "2", "3", "4")
 
 
 def _log(tracker, experiment, key, method, setting, metrics, seed="0", backbone="vit_tiny", dataset="d1", keep=KEEP,
-         converged=None, per_video=None, history=()):
+         converged=None, per_video=None, history=(), precision=None):
     tags = {"prunebench.kind": "eval", "method": method, "backbone": backbone, "dataset": dataset, "seed": seed}
     if setting is not None:
         tags["setting"] = setting
     run = tracker.run(experiment, key, name=key, tags=tags)
-    tracker.log_params(run, {"seed": seed, "eval.seed": seed, "method": method})
+    params = {"seed": seed, "eval.seed": seed, "method": method}
+    tracker.log_params(run, params if precision is None else {**params, "precision": precision})
     extra = {f"per_block_keep_{i:02d}": v for i, v in enumerate(keep)}
     if converged is not None:
         extra.update({"converged": float(converged), "final_keep_b3": 0.5, "target_keep_b3": 0.5})
@@ -88,6 +89,12 @@ def store(tmp_path_factory):
         _log(tracker, mixed, f"{backbone}-dense", "dense", None, {**base, "AP": 40.0, "pkr": 1.0}, backbone=backbone)
         _log(tracker, mixed, f"{backbone}-vpp", "vpp", "0.55", {**base, "AP": 30.0 if backbone == "vit_tiny" else 50.0,
                                                                 "pkr": 0.55}, backbone=backbone)
+    precisions = tracker.experiment("precisions")
+    for precision, fps in (("fp32", 10.0), ("bf16", 25.0)):
+        _log(tracker, precisions, f"{precision}-dense", "dense", None, {**base, "AP": 40.0, "pkr": 1.0, "fps_model": fps},
+             precision=precision)
+        _log(tracker, precisions, f"{precision}-vpp", "vpp", "0.55", {**base, "AP": 39.0, "pkr": 0.55,
+                                                                       "fps_model": 2 * fps}, precision=precision)
     return root, uri
 
 
@@ -193,6 +200,18 @@ def test_scene_cut_table_averages_the_setting_nearest_the_goal(store):
     assert records["blank", "random"]["t+1"] == 80.5 and "t-1" not in records["blank", "random"]
 
 
+def test_precisions_get_leaderboards_of_their_own(store):
+    _, uri = store
+    boards = build_leaderboards(fetch_runs(uri, "precisions"))
+    assert sorted(b.precision for b in boards) == ["bf16", "fp32"]  # split: FPS never in one column
+    fps = {b.precision: (b.dense.mean["fps_model"], b.settings[0].mean["fps_model"], b.dense.seeds) for b in boards}
+    assert fps == {"fp32": (10.0, 20.0, 1), "bf16": (25.0, 50.0, 1)}
+    text = markdown(boards)
+    assert "### vit_tiny · dataset d1 · bf16" in text and "### vit_tiny · dataset d1 · fp32" in text
+    (known,) = build_leaderboards(fetch_runs(uri, "known"))
+    assert known.precision == "fp32"  # runs logged without the param ran before the setting existed: fp32
+
+
 def test_report_files_and_cli(store, tmp_path, capsys):
     root, uri = store
     result = write_report(uri, tmp_path / "rep", "known")
@@ -205,6 +224,7 @@ def test_report_files_and_cli(store, tmp_path, capsys):
     contract = {"method", "goal_pkr", "ap_at_goal", "ap_ci", "delta_ap_dense", "delta_ap_random", "significant_vs_vpp",
                 "converged", "seeds", "pkr"}
     assert all(contract <= set(r) for r in table)
+    assert {(r["backbone"], r["precision"]) for r in table} == {("vit_tiny", "fp32")}
     settings = pq.read_table(tmp_path / "rep" / "settings.parquet").to_pylist()
     assert len(settings) == 7  # dense + 3 methods x 2 settings
     md = (tmp_path / "rep" / "leaderboard.md").read_text()

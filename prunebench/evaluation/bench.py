@@ -5,7 +5,8 @@ the weights are random, so the selectors of methods with a dynamic keep count (V
 are first calibrated to their keep targets with their *own* sparsity loss for a few steps
 (backbone frozen); the measured PKR is reported beside the latency. Frames are timed in video
 order (VPP carries its state), after warm-up, median over the timed frames; MACs are counted on
-the executed graph over the same frames.
+the executed graph over the same frames. Timing and counting run under the config's ``precision``
+(the calibration in fp32).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from prunebench.evaluation.flops import backbone_cost
 from prunebench.models.presets import params_for_target
 from prunebench.models.registry import AdapterName
 from prunebench.models.vit import PrunableViT, create_backbone
+from prunebench.precision import Precision, autocast
 
 
 def calibrate(model: PrunableViT, frames: list[torch.Tensor], steps: int, lr: float = 0.05) -> None:
@@ -57,7 +59,8 @@ def preset_model(backbone: str, method: str, target: float, calibration_frames: 
     return model.eval()
 
 
-def time_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]], warmup: int) -> list[float]:
+def time_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]], warmup: int,
+                precision: Precision = "fp32") -> list[float]:
     """Per-frame latency (ms) over ``(new video?, frame)`` pairs, state carried, after ``warmup`` frames."""
     generator = torch.Generator().manual_seed(0)
     times, state = [], None
@@ -65,7 +68,8 @@ def time_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]], war
     with torch.inference_mode():
         for i, (first, frame) in enumerate(frames):
             start = time.perf_counter()
-            out = model(frame, state=None if first else state, generator=generator)
+            with autocast(precision, "cpu"):
+                out = model(frame, state=None if first else state, generator=generator)
             elapsed = (time.perf_counter() - start) * 1e3
             state = out.state
             if i >= warmup:
@@ -73,25 +77,28 @@ def time_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]], war
     return times
 
 
-def cost_over_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]]) -> tuple[float, float]:
+def cost_over_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]],
+                     precision: Precision = "fp32") -> tuple[float, float]:
     """Mean GMACs per frame and PKR over the frames (inference path: eval mode, state carried, seeded noise)."""
     generator = torch.Generator().manual_seed(0)
     accountant, gmacs, state = TokenAccountant(), [], None
     model.eval()
     for first, frame in frames:
-        cost = backbone_cost(model, frame, state=None if first else state, generator=generator)
+        with autocast(precision, "cpu"):
+            cost = backbone_cost(model, frame, state=None if first else state, generator=generator)
         accountant.update(cost.output.block_keep)
         gmacs.append(cost.gmacs)
         state = cost.output.state
     return statistics.fmean(gmacs), accountant.pkr
 
 
-def compare(models: dict[str, PrunableViT], frames: list[tuple[bool, torch.Tensor]], warmup: int) -> dict[str, Any]:
-    """Latency, speedup and GMACs ratio of every model against ``models['dense']``."""
+def compare(models: dict[str, PrunableViT], frames: list[tuple[bool, torch.Tensor]], warmup: int,
+            precision: Precision = "fp32") -> dict[str, Any]:
+    """Latency, speedup and GMACs ratio of every model against ``models['dense']``, all run under ``precision``."""
     rows = {}
     for name, model in models.items():
-        gmacs, pkr = cost_over_frames(model, frames[warmup:])
-        times = time_frames(model, frames, warmup)
+        gmacs, pkr = cost_over_frames(model, frames[warmup:], precision)
+        times = time_frames(model, frames, warmup, precision)
         rows[name] = {"latency_ms": statistics.median(times), "latency_min_ms": min(times), "gmacs": gmacs, "pkr": pkr}
     dense = rows["dense"]
     for row in rows.values():

@@ -4,7 +4,9 @@ One pass over the videos in order (batch 1, temporal state carried, reset per vi
 noise seeded) produces the tracks (``results.json``, official format), PKR / per-block keep, IoI
 and the backbone's GMACs per frame (counted on the executed graph). A second pass times the
 backbone and the whole model (backbone + pyramid + head + tracker step) per frame: fixed threads,
-warm-up frames, median over ≥ ``timing_frames`` frames; CUDA events on a GPU.
+warm-up frames, median over ≥ ``timing_frames`` frames; CUDA events on a GPU. Both passes run the
+model under the config's ``precision`` (``prunebench.precision``: autocast for bf16 / fp16); what it
+outputs is read in fp32 (tracking, scores, keep masks for PKR and IoI).
 
 IoI (paper Eq. 9): for every non-crowd ground-truth instance and every frame it is present in, the
 fraction of its patches that enter each block, averaged over blocks, then over the instance's
@@ -54,6 +56,7 @@ from prunebench.evaluation.vis_metrics import VIDEO_AREA_RANGES, per_video_ap, s
 from prunebench.models.tracker import QueryTracker
 from prunebench.models.vis_model import VISModel
 from prunebench.models.vit import PATCH_SIZE, create_backbone
+from prunebench.precision import Precision, autocast
 from prunebench.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -129,16 +132,17 @@ class _Timer:
 
 
 def measure_fps(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_size: int | None,
-            device: torch.device) -> dict[str, float]:
-    """Backbone and whole-model latency / FPS per frame: batch 1, warm-up, median over the timed frames."""
+            device: torch.device, precision: Precision = "fp32") -> dict[str, float]:
+    """Backbone and whole-model latency / FPS per frame: batch 1, warm-up, median over the timed frames;
+    the model runs under ``precision`` (the tracker step in fp32)."""
     torch.set_num_threads(config.threads)
     model.eval()
     with torch.inference_mode():
-        return _measure_fps(model, dataset, config, max_size, device)
+        return _measure_fps(model, dataset, config, max_size, device, precision)
 
 
 def _measure_fps(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_size: int | None,
-                 device: torch.device) -> dict[str, float]:
+                 device: torch.device, precision: Precision) -> dict[str, float]:
     timer, generator = _Timer(device), torch.Generator(device=device).manual_seed(config.seed)
     needed = config.warmup_frames + config.timing_frames
     backbone_ms, model_ms = [], []
@@ -152,11 +156,17 @@ def _measure_fps(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max
         # the oracle's cost does not depend on which patches are foreground: time it with an empty mask
         foreground = image.new_zeros(1, image.shape[-2] * image.shape[-1] // PATCH_SIZE**2, dtype=torch.bool) \
             if model.backbone.method.needs_foreground else None
-        ms, _ = timer(lambda: model.backbone(image, state=state, generator=generator, foreground=foreground))
+
+        def backbone() -> Any:
+            with autocast(precision, device):
+                return model.backbone(image, state=state, generator=generator, foreground=foreground)
+
+        ms, _ = timer(backbone)
         backbone_ms.append(ms)
 
         def whole() -> Any:
-            frame = model(image, state=state, generator=generator, foreground=foreground)
+            with autocast(precision, device):
+                frame = model(image, state=state, generator=generator, foreground=foreground)
             tracker.step(frame.class_logits[0], frame.mask_logits[0], frame.query_embeddings[0])
             return frame
 
@@ -179,8 +189,10 @@ class Evaluation:
 
 
 def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_size: int | None = None,
-             device: str | torch.device = "cpu", timing: bool = True, examples: int = 4) -> Evaluation:
-    """Score ``model`` on ``dataset`` (the keep masks of the first ``examples`` frames are kept)."""
+             device: str | torch.device = "cpu", timing: bool = True, examples: int = 4,
+             precision: Precision = "fp32") -> Evaluation:
+    """Score ``model`` on ``dataset`` (the keep masks of the first ``examples`` frames are kept), the model run
+    under ``precision`` and its outputs scored in fp32."""
     device = torch.device(device)
     torch.set_num_threads(config.threads)
     model.eval()
@@ -188,7 +200,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
     generator = torch.Generator(device=device).manual_seed(config.seed)
     lead_in_generator = torch.Generator(device=device).manual_seed(config.seed)  # the main pass's draws stay its own
     tracker, accountant, ioi = QueryTracker(config.top_k, config.nms_iou), TokenAccountant(), IoIMeter()
-    precision, recovery = ForegroundMeter(), RecoveryMeter()
+    foreground_share, recovery = ForegroundMeter(), RecoveryMeter()
     dense = create_backbone(model.backbone.backbone_name, "dense", adapter=model.backbone.adapter_name).to(device).eval()
     dense_gmacs: dict[tuple[int, int], float] = {}
     results, gmacs, kept_examples = [], [], []
@@ -201,27 +213,29 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
                 image = image.to(device)
                 patches = _instance_patches(video, t, max_size)
                 foreground = patches.any(dim=0)[None].to(device) if needs_foreground else None
-                cost = backbone_cost(model.backbone, image, state=state, generator=generator, foreground=foreground)
+                with autocast(precision, device):
+                    cost = backbone_cost(model.backbone, image, state=state, generator=generator, foreground=foreground)
+                    frame = model.decode(image, cost.output)
                 backbone_out = cost.output
                 state = backbone_out.state
-                frame = model.decode(image, backbone_out)
                 tracker.step(frame.class_logits[0], frame.mask_logits[0], frame.query_embeddings[0])
                 accountant.update(backbone_out.block_keep)
                 gmacs.append(cost.gmacs)
                 size = tuple(image.shape[-2:])
                 if size not in dense_gmacs:
                     dense_gmacs[size] = backbone_cost(dense, image).gmacs
-                keep = backbone_out.block_keep[:, 0].cpu()
+                keep = backbone_out.block_keep[:, 0].float().cpu()
                 _update_ioi(ioi, video, t, patches, keep, areas)
-                precision.update(patches.any(dim=0), keep)
+                foreground_share.update(patches.any(dim=0), keep)
                 recovery.add_video_frame(video.scene_cuts, t, frame_ioi(patches, keep))
                 if len(kept_examples) < examples:
-                    kept_examples.append(_example(video, t, backbone_out.block_keep[:, 0].cpu(), image.shape[-2:], max_size))
+                    kept_examples.append(_example(video, t, keep, image.shape[-2:], max_size))
                 frames.update()
             results += tracker.finish(video.id, content_size(video.height, video.width, max_size),
                                       (video.height, video.width), category_ids)
             if config.lead_in_frames:
-                _blank_lead_in(model, video, config.lead_in_frames, max_size, device, lead_in_generator, recovery)
+                with autocast(precision, device):
+                    _blank_lead_in(model, video, config.lead_in_frames, max_size, device, lead_in_generator, recovery)
         gt = dataset.ground_truth()
         metrics: dict[str, Any] = score_results(gt, results)
         metrics.update({
@@ -229,17 +243,18 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
             "pkr": accountant.pkr,
             "per_block_keep": accountant.per_block_keep,
             "ioi": ioi.result(),
-            "fg_precision": precision.result(),
+            "fg_precision": foreground_share.result(),
             "recovery": recovery.result(),
             "gmacs": float(np.mean(gmacs)),
             "gmacs_dense": float(np.mean([dense_gmacs[s] for s in dense_gmacs])),
             "frames": accountant.frames,
             "seed": config.seed,
             "threads": config.threads,
+            "precision": precision,
             "unit_gmacs": "backbone GMACs per frame (multiply-accumulates; GFLOPs = 2 x GMACs)",
         })
         if timing:
-            metrics.update(measure_fps(model, dataset, config, max_size, device))
+            metrics.update(measure_fps(model, dataset, config, max_size, device, precision))
     return Evaluation(metrics, results, kept_examples)
 
 
@@ -293,4 +308,4 @@ def _blank_lead_in(model: VISModel, video: Video, lead_in: int, max_size: int | 
         foreground = patches.any(dim=0)[None].to(device) if needs_foreground else None
         out = model.backbone(image.to(device), state=state, generator=generator, foreground=foreground)
         state = out.state
-        meter.add("blank", t, frame_ioi(patches, out.block_keep[:, 0].cpu()))
+        meter.add("blank", t, frame_ioi(patches, out.block_keep[:, 0].float().cpu()))

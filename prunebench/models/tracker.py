@@ -35,7 +35,9 @@ class QueryTracker:
         self._masks: list[Tensor] = []
 
     def step(self, class_logits: Tensor, mask_logits: Tensor, embeddings: Tensor) -> Tensor:
-        """Add one frame (``(Q, C+1)``, ``(Q, h, w)``, ``(Q, E)``); return the slot order used."""
+        """Add one frame (``(Q, C+1)``, ``(Q, h, w)``, ``(Q, E)``, any float dtype: matched and scored in fp32);
+        return the slot order used."""
+        embeddings = embeddings.float()
         if self._embeddings is None:
             order = torch.arange(embeddings.shape[0])
         else:

@@ -101,7 +101,8 @@ def _time_checkpoints(experiment: dict[str, Any], checkpoints: list[tuple[str, C
     for run, checkpoint in checkpoints:
         with checkpoint.as_directory() as folder:
             model = load_model(config, read_checkpoint(Path(folder) / WEIGHTS), len(valid.categories))
-        timings[run] = measure_fps(model, valid, config.eval, config.data.max_size, torch.device(config.device))
+        timings[run] = measure_fps(model, valid, config.eval, config.data.max_size, torch.device(config.device),
+                                   config.precision)
     return timings
 
 

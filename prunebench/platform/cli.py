@@ -277,9 +277,10 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="batch-1 latency of dense vs every pruning method on real frames",
-                       description="Time the backbone (batch 1, the config's eval.threads) of the dense model and of "
-                                   "every method at the preset for --target on frames of the valid split, in video "
-                                   "order; random weights, dynamic selectors calibrated to their targets first.")
+                       description="Time the backbone (batch 1, the config's eval.threads and precision) of the dense "
+                                   "model and of every method at the preset for --target on frames of the valid split, "
+                                   "in video order; random weights, dynamic selectors calibrated to their targets "
+                                   "first.")
     _add_config_args(p)
     p.add_argument("--target", type=float, default=0.40, help="goal PKR of the method presets (0.55 or 0.40)")
     p.add_argument("--frames", type=int, default=30, help="timed frames (>= 30 for reported numbers)")
@@ -298,11 +299,13 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.evaluation.bench import compare, preset_model
     from prunebench.models.presets import params_for_target, pruning_methods
     from prunebench.platform.preflight import check_model
+    from prunebench.precision import check_precision
     from prunebench.training.protocol import load_datasets
 
     config = load_config(args.config, parse_assignments(args.overrides))
     for method in pruning_methods():
         check_model(config.model.backbone, method, params_for_target(method, args.target))
+    check_precision(config.precision, "cpu")  # bench times on the CPU whatever the config's device
     if args.frames < 1 or args.warmup < 0:
         raise ConfigError(f"--frames {args.frames} / --warmup {args.warmup}: allowed: frames >= 1, warmup >= 0")
     _, valid = load_datasets(config, need=("valid",))
@@ -312,9 +315,9 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     models = {m: preset_model(config.model.backbone, m, args.target, calibration, args.calibration_steps, config.seed,
                               config.model.adapter)
               for m in ["dense", *pruning_methods()]}
-    rows = compare(models, frames, args.warmup)
+    rows = compare(models, frames, args.warmup, config.precision)
     return {**rows, "settings": {"backbone": config.model.backbone, "adapter": config.model.adapter,
-                                 "target": args.target, "frames": args.frames,
+                                 "precision": config.precision, "target": args.target, "frames": args.frames,
                                  "warmup": args.warmup, "threads": config.eval.threads,
                                  "frame_size": list(frames[0][1].shape[-2:]), "unit": "GMACs (multiply-accumulates)"}}
 

@@ -3,9 +3,10 @@
 Every command that builds a model calls these first (``platform/cli.py``), before Ray starts, an
 MLflow run is opened or an output folder is made: a bad input then ends with one line and exit code 2
 and leaves nothing behind. They check the backbone, the method and its parameters, ``model.pretrained``
-(a readable timm ViT file whose tensors fit the backbone), the device (a GPU for ``device=cuda``) and the
-checkpoint a command starts from (``--from``, ``--checkpoint``: a prunebench checkpoint of the config's
-backbone). Everything here only reads.
+(a readable timm ViT file whose tensors fit the backbone), the device (a GPU for ``device=cuda``), the
+precision on it (``bf16`` on a CPU with bfloat16 instructions, ``fp16`` on a GPU only) and the checkpoint
+a command starts from (``--from``, ``--checkpoint``: a prunebench checkpoint of the config's backbone).
+Everything here only reads.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prunebench.errors import ConfigError
 from prunebench.models.registry import backbone_spec, build_method, method_names
 from prunebench.models.vit import create_backbone, load_timm_weights
 from prunebench.platform.resources import check_local_gpu
+from prunebench.precision import check_precision
 from prunebench.training.checkpoint import check_backbone, method_params
 
 log = logging.getLogger(__name__)
@@ -40,14 +42,16 @@ def check_pretrained(path: str, backbone: str) -> None:
 def check_experiment(config: ExperimentConfig, address: str | None = None, method: bool = True,
                      ray: bool = True) -> None:
     """What a command that builds the config's model needs: the backbone, the config's method and its parameters
-    (``method=False``: the command trains dense or takes its methods elsewhere), ``model.pretrained`` and the
-    device (``ray=False``: the command runs in this process, never on a cluster)."""
+    (``method=False``: the command trains dense or takes its methods elsewhere), ``model.pretrained``, the
+    device (``ray=False``: the command runs in this process, never on a cluster) and the precision on it."""
     check_model(config.model.backbone, config.method.name if method else "dense",
                 config.method.params if method else {})
     if config.model.pretrained:
         check_pretrained(config.model.pretrained, config.model.backbone)
     check_local_gpu(config, address, ray)
-    log.debug("checked: pretrained weights %s, device %s", config.model.pretrained, config.device)
+    check_precision(config.precision, config.device)
+    log.debug("checked: pretrained weights %s, device %s, precision %s", config.model.pretrained, config.device,
+              config.precision)
 
 
 def check_finetune(config: ExperimentConfig) -> None:

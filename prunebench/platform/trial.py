@@ -125,7 +125,7 @@ def run_trial(config: ExperimentConfig, spec: TrialSpec, dense: str, threads: in
             return
         mean = mean_metrics(window)
         window.clear()
-        reading = probe.measure(prepared.model, device)
+        reading = probe.measure(prepared.model, device, config.precision)
         history.append(Window(mean.step, reading.task_loss, {k: v for k, v in reading.stage_keep.items() if k in targets}))
         last.clear()
         last.update({**window_metrics(mean), **probe_metrics(reading)})
@@ -134,13 +134,15 @@ def run_trial(config: ExperimentConfig, spec: TrialSpec, dense: str, threads: in
 
     convergence = None
     if spec.finetune:
-        train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, device, on_step=on_step)
+        train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, device, on_step=on_step,
+                    precision=config.precision)
         verdict = config.convergence.assess(history, targets, steps)
         convergence = {"converged": verdict.converged, "reasons": list(verdict.reasons),
                        "final_keep": verdict.final_keep, "targets": targets, "loss_change": verdict.loss_change}
     else:
         steps = 0
-    evaluation = evaluate(prepared.model, prepared.valid, config.eval, config.data.max_size, config.device, timing=False)
+    evaluation = evaluate(prepared.model, prepared.valid, config.eval, config.data.max_size, config.device, timing=False,
+                          precision=config.precision)
     metrics = {**evaluation.metrics, "method": spec.method, "params": to_dict(method.params),
                "dataset_sha256": prepared.valid.sha256}
     with tempfile.TemporaryDirectory() as folder:

@@ -1,8 +1,10 @@
 """The leaderboard, from MLflow evaluation runs.
 
 Runs are fetched once (``search_runs`` over the experiment, ``prunebench.kind = eval``, finished)
-into one table; everything else works on that table. Runs of a different backbone or dataset are
-never averaged together: each (backbone, dataset) group gets its own leaderboard.
+into one table; everything else works on that table. Runs of a different backbone, dataset or
+precision are never averaged or compared together: each (backbone, dataset, precision) group gets its
+own leaderboard, so an FPS or AP column only ever holds runs of one precision. A run's precision is its
+``precision`` param (the config's); runs logged before that setting existed ran in fp32.
 
 Two tables per group:
 
@@ -46,6 +48,8 @@ PER_VIDEO = "per_video_AP_"
 BLOCKS = 12
 CONTROL = "random"
 REFERENCE = "vpp"
+#: the precision of a run logged before the setting existed
+DEFAULT_PRECISION = "fp32"
 
 
 @dataclass
@@ -60,6 +64,7 @@ class EvalRun:
     seed: str
     metrics: dict[str, float]
     per_block_keep: list[float] | None
+    precision: str = DEFAULT_PRECISION
     per_video: dict[str, float] = field(default_factory=dict)
     converged: bool | None = None
     final_keep: dict[str, float] = field(default_factory=dict)
@@ -67,6 +72,11 @@ class EvalRun:
     ioi_per_block: dict[str, float] = field(default_factory=dict)  # "00".."11" -> IoI (%) at that block
     fg_precision: dict[str, float] = field(default_factory=dict)  # "00".."11" -> foreground share (%) of kept tokens
     recovery: dict[str, float] = field(default_factory=dict)  # "cut_m1", "blank_0", ... -> frame IoI (%) (scene cuts)
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        """The leaderboard the run belongs to: (backbone, dataset, precision)."""
+        return self.backbone, self.dataset, self.precision
 
 
 def _prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
@@ -83,6 +93,7 @@ def _as_run(run: Any) -> EvalRun:
         dataset=tags.get("dataset", params.get("dataset_sha256", "?")), seed=tags.get("seed", params.get("seed", "?")),
         metrics={k: metrics[k] for k in METRICS if k in metrics},
         per_block_keep=None if any(v is None for v in keep) else keep,
+        precision=params.get("precision", DEFAULT_PRECISION),
         per_video=_prefixed(metrics, PER_VIDEO),
         converged=None if "converged" not in metrics else bool(metrics["converged"]),
         final_keep=_prefixed(metrics, "final_keep_"), target_keep=_prefixed(metrics, "target_keep_"),
@@ -230,13 +241,23 @@ class GoalRow:
 
 @dataclass
 class Leaderboard:
-    """Tables of one (backbone, dataset) group."""
+    """Tables of one (backbone, dataset, precision) group."""
 
     backbone: str
     dataset: str
+    precision: str
     dense: SettingRow
     settings: list[SettingRow]
     goals: list[GoalRow]
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        """What its runs share: (backbone, dataset, precision)."""
+        return self.backbone, self.dataset, self.precision
+
+    def describe(self) -> str:
+        """The group in words, as headings and messages name it."""
+        return f"{self.backbone} · dataset {self.dataset[:12]} · {self.precision}"
 
     def nearest(self, method: str, goal: float) -> SettingRow | None:
         """The method's setting whose mean measured PKR is nearest ``goal``."""
@@ -310,18 +331,19 @@ def _rank(rows: list[GoalRow]) -> list[GoalRow]:
 
 
 def build_leaderboards(runs: list[EvalRun], goals: Sequence[float] = (0.55, 0.40)) -> list[Leaderboard]:
-    """One leaderboard per (backbone, dataset); ConfigError if there is nothing to rank."""
+    """One leaderboard per (backbone, dataset, precision); ConfigError if there is nothing to rank."""
     if not runs:
         raise ConfigError("no finished evaluation runs (tag prunebench.kind = eval) in the selected MLflow experiment(s)")
-    groups: dict[tuple[str, str], list[EvalRun]] = defaultdict(list)
+    groups: dict[tuple[str, str, str], list[EvalRun]] = defaultdict(list)
     for run in runs:
-        groups[run.backbone, run.dataset].append(run)
+        groups[run.group].append(run)
     boards = []
-    for (backbone, dataset), members in sorted(groups.items()):
+    for (backbone, dataset, precision), members in sorted(groups.items()):
         dense_runs = [r for r in members if r.method == "dense"]
         if not dense_runs:
-            raise ConfigError(f"backbone {backbone}, dataset {dataset[:12]}: no dense baseline run; "
-                              "evaluate the dense checkpoint (prunebench eval) before reporting")
+            raise ConfigError(f"backbone {backbone}, dataset {dataset[:12]}, precision {precision}: no dense baseline "
+                              f"run; evaluate the dense checkpoint (prunebench eval --set precision={precision}) "
+                              "before reporting")
         dense = SettingRow("dense", "dense", dense_runs)
         cells: dict[tuple[str, str], list[EvalRun]] = defaultdict(list)
         for run in members:
@@ -335,7 +357,7 @@ def build_leaderboards(runs: list[EvalRun], goals: Sequence[float] = (0.55, 0.40
                     for m in methods]
             _compare(rows)
             goal_rows += _rank(rows)
-        boards.append(Leaderboard(backbone, dataset, dense, settings, goal_rows))
+        boards.append(Leaderboard(backbone, dataset, precision, dense, settings, goal_rows))
     return boards
 
 
@@ -375,7 +397,7 @@ def markdown(boards: list[Leaderboard]) -> str:
     parts = []
     for board in boards:
         dense = board.dense
-        parts.append(f"### {board.backbone} · dataset {board.dataset[:12]}\n")
+        parts.append(f"### {board.describe()}\n")
         parts.append(f"Dense model: AP {_fmt(dense.mean.get('AP'), dense.std.get('AP'))}, "
                      f"AP^bbox {_fmt(dense.mean.get('mAP_bbox'))}, AP^segm {_fmt(dense.mean.get('mAP_segm'))}, "
                      f"GMACs {_fmt(dense.mean.get('gmacs'), digits=3)}, FPS {_fmt(dense.mean.get('fps_model'))} "

@@ -5,7 +5,7 @@ Files (all written atomically into ``--out``): ``leaderboard.md``, ``leaderboard
 ``scene_cuts.png`` (when the runs measured scene-cut recovery), ``report.html`` (one
 self-contained file: tables and figures inline as base64 PNGs, readable without a server).
 
-Pareto fronts are per method over all its evaluation runs of a (backbone, dataset) group: AP up
+Pareto fronts are per method over all its evaluation runs of a (backbone, dataset, precision) group: AP up
 against PKR down, GMACs down or FPS up; the dense model is marked. Each front's hypervolume is
 the area it dominates above AP = 0 and below the reference cost: PKR 1.0, the dense model's
 GMACs, or (for FPS, as cost −FPS) FPS 0; in AP-percent × cost units.
@@ -88,7 +88,7 @@ def pareto_figure(board: Leaderboard, runs: list[EvalRun], axis: str) -> tuple[b
     ax.scatter([], [], marker="*", s=100, color="black", label="dense")
     ax.set_xlabel(label)
     ax.set_ylabel("AP (%)")
-    ax.set_title(f"{board.backbone}: AP vs {axis.upper() if axis != 'gmacs' else 'GMACs'}")
+    ax.set_title(f"{board.backbone} {board.precision}: AP vs {axis.upper() if axis != 'gmacs' else 'GMACs'}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return png_bytes(figure), fronts
@@ -200,7 +200,7 @@ def write_report(tracking_uri: str, out: str | Path, experiment: str | None = No
     text = markdown(boards)
     save("leaderboard.md", (text + "\n").encode())
     for index, board in enumerate(boards):
-        board_runs = [r for r in runs if (r.backbone, r.dataset) == (board.backbone, board.dataset)]
+        board_runs = [r for r in runs if r.group == board.group]
         suffix = "" if len(boards) == 1 else f"_{index}"
         figures, volumes = {}, []
         for axis in AXES:
@@ -215,7 +215,7 @@ def write_report(tracking_uri: str, out: str | Path, experiment: str | None = No
             figures[f"scene_cuts{suffix}.png"] = recovery
         for name, png in figures.items():
             save(name, png)
-        group = {"backbone": board.backbone, "dataset": board.dataset}
+        group = {"backbone": board.backbone, "dataset": board.dataset, "precision": board.precision}
         goal_records = [{**group, **r.as_dict()} for r in board.goals]
         settings = [{**group, **r.as_dict()} for r in [board.dense, *board.settings]]
         records += goal_records
@@ -227,7 +227,7 @@ def write_report(tracking_uri: str, out: str | Path, experiment: str | None = No
         goal_shown = [{k: r[k] for k in ("goal_pkr", "rank", "method", "ap_at_goal", "ap_ci", "delta_ap_dense",
                                          "delta_ap_random", "p_vs_vpp", "converged_runs", "seeds", "pkr")}
                       for r in goal_records]
-        sections.append(f"<h2>{html.escape(board.backbone)} · dataset {html.escape(board.dataset[:12])}</h2>"
+        sections.append(f"<h2>{html.escape(board.describe())}</h2>"
                         f"<h3>Leaderboard at the goal PKRs</h3>{_html_table(goal_shown)}"
                         f"<h3>Every setting</h3>{_html_table(shown)}"
                         f"<h3>Convergence</h3>{_html_table(convergence_table(board))}"

@@ -5,7 +5,8 @@ no weight decay on norms, biases, position and query embeddings), gradient clipp
 ``clip_norm``, step decay by ``gamma`` at ``milestones`` (fractions of the steps), optional linear
 warm-up. Each step runs a clip as a frame chain: the backbone state of frame t (VPP) is passed to
 frame t+1 without detaching; the loss is the mean over frames of Mask2Former's loss plus the
-method's sparsity loss.
+method's sparsity loss. The forward and the loss run under the config's ``precision`` (autocast for
+bf16 / fp16; fp16 on a GPU with a loss scaler, whose overflowing steps it skips and lowers its scale).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from prunebench.config import OptimConfig
 from prunebench.data.pipeline import ClipBatch, ClipSampler, collate_clips, foreground_patches
 from prunebench.models.vis_model import VISModel
+from prunebench.precision import Precision, autocast, grad_scaler
 from prunebench.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -100,16 +102,19 @@ def train_steps(
     on_step: Callable[[StepMetrics, torch.optim.Optimizer], None] | None = None,
     rank: int = 0,
     world: int = 1,
+    precision: Precision = "fp32",
 ) -> torch.optim.Optimizer:
     """Run steps ``start_step .. optim.steps - 1``; return the optimizer (for checkpoints).
 
     With ``world > 1`` (inside a Ray Train worker group) each worker reads its shard of the clips,
-    starts from rank 0's weights and applies the mean gradient of all workers.
+    starts from rank 0's weights and applies the mean gradient of all workers. ``precision``: the
+    forward and loss under autocast (``prunebench.precision``); weights, gradients and optimizer stay fp32.
     """
     groups = param_groups(model, optim)
     for g in groups:
         g["initial_lr"] = g["lr"]
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+    scaler = grad_scaler(precision, device)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     params = [p for g in groups for p in g["params"]]
@@ -130,22 +135,27 @@ def train_steps(
         factor = _lr_factor(step, optim)
         for g in optimizer.param_groups:
             g["lr"] = g["initial_lr"] * factor
-        chain = forward_chain(model, batch, device)
-        loss = chain.task + chain.prune
+        with autocast(precision, device):
+            chain = forward_chain(model, batch, device)
+            loss = chain.task + chain.prune
         task, prune = chain.task.detach(), chain.prune.detach()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if world > 1:
             _average_gradients(params, world)
+        scaler.unscale_(optimizer)  # clip the true gradients (a disabled scaler leaves them as they are)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.clip_norm)
         finite = bool(torch.isfinite(loss) and torch.isfinite(grad_norm))
         if finite:
-            optimizer.step()
+            scaler.step(optimizer)
+        elif scaler.is_enabled() and bool(torch.isfinite(loss)):
+            log.debug("step %d: fp16 gradient overflow; update skipped, loss scale lowered", step)
         else:
             skipped += 1
             log.warning("step %d: non-finite loss or gradient (%s, %s); update skipped", step, float(loss.detach()), float(grad_norm))
             if skipped > MAX_SKIPPED_STEPS:
                 raise FloatingPointError(f"more than {MAX_SKIPPED_STEPS} non-finite steps; lower the learning rate")
+        scaler.update()
         if on_step is not None:
             on_step(StepMetrics(step + 1, float(loss.detach()), float(task), float(prune), chain.keep,
                                 optimizer.param_groups[0]["lr"], time.perf_counter() - tic, skipped=not finite,

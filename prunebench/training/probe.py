@@ -12,7 +12,7 @@ sweep sees the same ones), in training mode (the selectors' soft decisions and r
 training sees them) with the random draws of that forward (Gumbel noise, point sampling) taken
 from a fixed seed, so that two windows differ only by the model's parameters. Batch-norm layers
 run in eval mode there, so the probe never changes the model; the training RNG stream is forked,
-so a run with a probe trains exactly as one without.
+so a run with a probe trains exactly as one without. It runs in the training's ``precision``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from torch import nn
 
 from prunebench.data.pipeline import ClipBatch, ClipSampler, collate_clips
 from prunebench.models.vis_model import VISModel
+from prunebench.precision import Precision, autocast
 from prunebench.training.loop import forward_chain
 
 #: the seed that picks the probe's clips and draws its forward's random numbers (the same in every trial)
@@ -55,14 +56,16 @@ class Probe:
         self.batches: list[ClipBatch] = [collate_clips(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
 
     @torch.no_grad()
-    def measure(self, model: VISModel, device: torch.device) -> ProbeReading:
-        """The probe's reading of ``model`` (left in the mode it was in, its RNG stream untouched)."""
+    def measure(self, model: VISModel, device: torch.device, precision: Precision = "fp32") -> ProbeReading:
+        """The probe's reading of ``model`` (left in the mode it was in, its RNG stream untouched), its forward
+        under ``precision`` (the training's)."""
         sizes = [len(b.frames) for b in self.batches]
         task, keeps = 0.0, {}
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), _batch_norm_frozen(model):
             torch.manual_seed(PROBE_SEED)
             for batch, size in zip(self.batches, sizes):
-                chain = forward_chain(model, batch, device)
+                with autocast(precision, device):
+                    chain = forward_chain(model, batch, device)
                 task += float(chain.task) * size
                 for stage, keep in chain.stage_keep.items():
                     keeps[stage] = keeps.get(stage, 0.0) + keep * size

@@ -115,7 +115,8 @@ def run_stage(config: ExperimentConfig, stage: str, out: str | Path, init_checkp
     prepared = prepare_stage(config, stage, init_checkpoint)
     optim = prepared.optim
     with log_progress(stage, prepared.meta["method"], optim) as logger:
-        train_steps(prepared.model, prepared.sampler, optim, config.seed, torch.device(config.device), on_step=logger)
+        train_steps(prepared.model, prepared.sampler, optim, config.seed, torch.device(config.device), on_step=logger,
+                    precision=config.precision)
     return save_checkpoint(out, prepared.model, prepared.meta)
 
 
@@ -140,7 +141,8 @@ def evaluate_checkpoint(config: ExperimentConfig, checkpoint: str | Path, out: s
     meta = loaded.meta
     _, valid_set = load_datasets(config, need=("valid",))
     model = load_model(config, loaded, len(valid_set.categories))
-    evaluation = evaluate(model, valid_set, config.eval, config.data.max_size, config.device, timing=timing)
+    evaluation = evaluate(model, valid_set, config.eval, config.data.max_size, config.device, timing=timing,
+                          precision=config.precision)
     metrics = evaluation.metrics
     folder = Path(out or Path(config.out) / "eval" / meta["method"])
     resolved = to_dict(model.backbone.method.params)
