@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from model_helpers import as_trained
 from prunebench.config import load_config
 from prunebench.errors import ConfigError
 from prunebench.evaluation.cost import measure_flops
@@ -45,24 +46,10 @@ class FixedMasks(PruningMethod):
         self.seen[boundary] = tokens.clone()
 
 
-def _as_trained(model):
-    """A fresh adapter has γ = 0 and zero weights in the deformable attention's offset and attention-weight
-    projections (ViT-Adapter's and Deformable DETR's init), so the injectors change nothing and the
-    query LayerNorms get no gradient yet. Give them the non-zero values of a trained adapter."""
-    g = torch.Generator().manual_seed(9)
-    with torch.no_grad():
-        for stage in model.adapter.stages:
-            stage.injector.gamma.fill_(0.1)
-            for read in [stage.injector.read, *(e.read for e in stage.extractors)]:
-                for proj in (read.attn.sampling_offsets, read.attn.attention_weights):
-                    proj.weight.copy_(0.01 * torch.randn(proj.weight.shape, generator=g))
-    return model
-
-
 def _fixed(masks, adapter):
     torch.manual_seed(0)
     model = PrunableViT("vit_tiny", FixedMasks(masks), adapter=adapter).eval()
-    return _as_trained(model) if model.adapter is not None else model
+    return as_trained(model) if model.adapter is not None else model
 
 
 def _random_masks(batch, ratios=((1, 0.6), (5, 0.45), (9, 0.2))):
@@ -116,7 +103,7 @@ def test_masked_and_gather_paths_agree_with_adapter(batch):
 )
 def test_every_method_prunes_through_the_adapter(method, params):
     torch.manual_seed(0)
-    model = _as_trained(create_backbone("vit_tiny", method, params, adapter="vit_adapter").eval())
+    model = as_trained(create_backbone("vit_tiny", method, params, adapter="vit_adapter").eval())
     frames = torch.randn(2, 1, 3, 96, 128, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         first = model(frames[0], generator=torch.Generator().manual_seed(0))
@@ -132,7 +119,7 @@ def test_every_method_prunes_through_the_adapter(method, params):
 @pytest.mark.parametrize("method", ["vpp", "svit", "dynamicvit", "tps"])
 def test_gradients_reach_the_adapter_and_every_selector(method):
     torch.manual_seed(0)
-    model = _as_trained(create_backbone("vit_tiny", method, adapter="vit_adapter").train())
+    model = as_trained(create_backbone("vit_tiny", method, adapter="vit_adapter").train())
     g = torch.Generator().manual_seed(5)
     frames = torch.randn(2, 2, 3, 64, 64, generator=g)  # 2 frames of 2 streams
     state, total = None, 0.0

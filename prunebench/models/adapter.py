@@ -28,8 +28,9 @@ Mask2Former pixel decoder, sampling with ``grid_sample``): no compiled operator.
 
 Pruning: ``PrunableViT`` calls ``Interaction.before_block`` on the full N-token map on both execution
 paths, so the injectors update every token, pruned ones included (on the gather path the blocks then
-gather the kept tokens of that updated map); the blocks still run on the kept tokens only; the
-extractors read the full map, pruned tokens with their frozen values.
+gather the kept tokens of that updated map once for the stage); the blocks still run on the kept tokens
+only; the extractors read the full map, pruned tokens with their frozen values (on the gather path the
+stage's compact sequence is scattered back into it once, before them).
 """
 
 from __future__ import annotations
@@ -210,8 +211,9 @@ def _cell_centres(shapes: Shapes, device: torch.device) -> Tensor:
 class Interaction:
     """The adapter's state during one ``PrunableViT`` forward: the prior tokens ``c`` and the geometry.
 
-    ``PrunableViT`` calls ``before_block(i, x)`` and ``after_block(i, x)`` around every block with the
-    full ``(B, N, D)`` token map, then ``pyramid(features)`` with the final ``(B, D, h, w)`` map.
+    ``PrunableViT`` calls ``before_block(i, x)`` before each block that ``injects`` and ``after_block(i, x)``
+    after each block that ``extracts``, with the full ``(B, N, D)`` token map, then ``pyramid(features)``
+    with the final ``(B, D, h, w)`` map.
     """
 
     def __init__(self, adapter: ViTAdapter, c: Tensor, s4: Tensor, shapes: Shapes, grid: tuple[int, int]):
@@ -225,20 +227,22 @@ class Interaction:
         self.c_reference = _cell_centres(shapes, c.device)
         self.c_starts = _level_starts(shapes, c.device)
 
+    def injects(self, block: int) -> bool:
+        """Whether an injector updates the token map before ``block`` (the first block of a stage)."""
+        return block in self.adapter.stage_starts
+
+    def extracts(self, block: int) -> bool:
+        """Whether extractors read the token map after ``block`` (the last block of a stage)."""
+        return block in self.adapter.stage_ends
+
     def before_block(self, block: int, x: Tensor) -> Tensor:
-        """Inject the prior into every token of ``x`` if ``block`` starts a stage; else ``x`` as it is."""
-        stage = self.adapter.stage_starts.get(block)
-        if stage is None:
-            return x
-        injector = self.adapter.stages[stage].injector
+        """Inject the prior into every token of ``x`` before ``block``, the first block of a stage (``injects``)."""
+        injector = self.adapter.stages[self.adapter.stage_starts[block]].injector
         return injector(x, self.c, self.grid_reference, self.shapes, self.c_starts)
 
     def after_block(self, block: int, x: Tensor) -> None:
-        """Update ``c`` from the full token map ``x`` if ``block`` ends a stage."""
-        stage = self.adapter.stage_ends.get(block)
-        if stage is None:
-            return
-        for extractor in self.adapter.stages[stage].extractors:
+        """Update ``c`` from the full token map ``x`` after ``block``, the last block of a stage (``extracts``)."""
+        for extractor in self.adapter.stages[self.adapter.stage_ends[block]].extractors:
             self.c = extractor(self.c, x, self.c_reference, self.grid, self.grid_starts, self.shapes)
 
     def pyramid(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

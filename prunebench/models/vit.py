@@ -5,10 +5,17 @@ Two execution paths compute the same function:
 - ``masked`` (training): every block sees all N tokens. With the cumulative keep mask ``d`` in
   force at a block, pruned tokens are removed as attention keys (an additive −inf key mask) and
   frozen: ``x ← d·Block(x) + (1−d)·x``. Straight-through gradients reach the selectors via ``d``.
-- ``gather`` (inference): the kept tokens are gathered, the block runs on the shorter sequence,
-  the results are scattered back. Pruned tokens keep their last features. For batch > 1 the
-  sequences are padded to the longest kept count of the batch and the padding is key-masked
-  (one batched call per block rather than a per-sample loop); batch 1 needs no padding or mask.
+- ``gather`` (inference): the blocks run on the compact sequence of the kept tokens only. Between two
+  changes of the kept set the sequence is gathered once and runs through the blocks as it is; the full
+  map is rebuilt by one scatter only where it is read or the kept set changes: at the next pruning
+  position (a method with reactivation, SViT, decides among all tokens of the full map; one without
+  decides on the compact sequence itself, and the scatter keeps the last features of the tokens it
+  drops), at an observation point, at the boundaries of an adapter's interaction stages (its
+  extractors read the full map; its injectors rewrite every token, and the sequence is gathered again
+  from their output) and at the end. Pruned tokens keep their last features. For batch > 1 the
+  sequences are padded to the longest kept count of the batch with distinct pruned tokens, which are
+  key-masked and left as they are (one batched call per block rather than a per-sample loop); batch 1
+  needs no padding or mask.
 
 Either way the output is the dense ``h×w`` map of all tokens, plus the keep mask entering each
 block. Merging methods (EViT, ToMe), which shorten the sequence inside blocks, run one execution on
@@ -22,8 +29,9 @@ paths; its extractors read the full map after each stage; the output adds its 4-
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 import timm
 import torch
@@ -90,14 +98,12 @@ def _key_mask(keep: Tensor, dtype: torch.dtype) -> Tensor:
     return mask.masked_fill_(~allowed, float("-inf"))[:, None, None, :]
 
 
-def _gather_plan(active: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+def _gather_plan(active: Tensor) -> tuple[Tensor | None, Tensor | None]:
     """Where the kept tokens are: ``(index (B, n), valid (B, n) or None)``.
 
     ``index`` is None when every token is kept. Rows are padded to the longest kept count with
     (distinct) pruned tokens, flagged False in ``valid``; ``valid`` is None when no row needs it.
     """
-    if active is None:
-        return None, None
     keep = active > 0.5
     if bool(keep.all()):
         return None, None
@@ -109,7 +115,148 @@ def _gather_plan(active: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
 
 
 def _scatter(x: Tensor, index: Tensor, values: Tensor) -> Tensor:
+    """``x`` with ``x[b, index[b, i]]`` replaced by ``values[b, i]`` (out of place)."""
     return x.scatter(1, index[..., None].expand(-1, -1, x.shape[-1]), values)
+
+
+def _run_masked(block: nn.Module, x: Tensor, active: Tensor | None) -> Tensor:
+    """``block`` on all tokens ``x``: pruned ones (``active`` 0) are no keys and keep their features."""
+    if active is None:
+        return block(x)
+    out = block(x, attn_mask=_key_mask(active > 0.5, x.dtype))
+    d = active[..., None]
+    return d * out + (1.0 - d) * x
+
+
+def _run_compact(block: nn.Module, kept: Tensor, valid: Tensor | None) -> Tensor:
+    """``block`` on a compact sequence ``kept``; padding (``valid`` False) is no key and stays as it is."""
+    if valid is None:
+        return block(kept)
+    return torch.where(valid[..., None], block(kept, attn_mask=_key_mask(valid, kept.dtype)), kept)
+
+
+class _CandidateView(NamedTuple):
+    """The tokens a method decides on at a stage: ``Candidates`` without the grid."""
+
+    tokens: Tensor  # (B, n, D)
+    weight: Tensor  # (B, n)
+    index: Tensor | None  # (B, n) their positions in the grid; None: all N tokens in grid order
+
+
+class _Tokens(abc.ABC):
+    """The token map of one forward on one execution path, and the cumulative keep mask in force."""
+
+    def __init__(self, x: Tensor):
+        self._map = x
+        self.active: Tensor | None = None  # None = every token active
+
+    def keep_mask(self) -> Tensor:
+        """``(B, N)`` 0/1 mask of the active tokens."""
+        return self.active if self.active is not None else self._map.new_ones(self._map.shape[:2])
+
+    def _grid_weight(self, reactivate: bool) -> Tensor:
+        """Weight of all N tokens as candidates: all ones with reactivation, else the keep mask."""
+        return self._map.new_ones(self._map.shape[:2]) if reactivate else self.keep_mask()
+
+    @abc.abstractmethod
+    def full(self) -> Tensor:
+        """The current ``(B, N, D)`` map of all tokens."""
+
+    @abc.abstractmethod
+    def set_full(self, x: Tensor) -> None:
+        """Replace the map of all tokens (pruned ones included) by ``x``."""
+
+    @abc.abstractmethod
+    def candidates(self, reactivate: bool) -> _CandidateView:
+        """The tokens a method decides on: all N (with ``reactivate``) or the active ones."""
+
+    @abc.abstractmethod
+    def rewrite(self, index: Tensor | None, tokens: Tensor) -> None:
+        """Replace the features of the candidates at ``index`` (as ``candidates`` gave it) by ``tokens``."""
+
+    @abc.abstractmethod
+    def restrict(self, active: Tensor) -> None:
+        """Put the cumulative keep mask ``active`` ``(B, N)`` in force for the following blocks."""
+
+    @abc.abstractmethod
+    def run(self, block: nn.Module) -> None:
+        """Run ``block`` on the active tokens."""
+
+
+class _MaskedTokens(_Tokens):
+    """The masked path: every block sees all N tokens (see the module docstring)."""
+
+    def full(self) -> Tensor:
+        return self._map
+
+    def set_full(self, x: Tensor) -> None:
+        self._map = x
+
+    def candidates(self, reactivate: bool) -> _CandidateView:
+        return _CandidateView(self._map, self._grid_weight(reactivate), None)
+
+    def rewrite(self, index: Tensor | None, tokens: Tensor) -> None:
+        self._map = tokens
+
+    def restrict(self, active: Tensor) -> None:
+        self.active = active
+
+    def run(self, block: nn.Module) -> None:
+        self._map = _run_masked(block, self._map, self.active)
+
+
+class _CompactTokens(_Tokens):
+    """The gather path: the blocks run on the compact sequence of the kept tokens (see the module docstring).
+
+    While the sequence has run through blocks since it was last scattered, the full map is stale at the
+    sequence's ``index``; ``full`` scatters it back once. After a change of the kept set or of the full
+    map the sequence is gathered again once, when it is next needed.
+    """
+
+    def __init__(self, x: Tensor):
+        super().__init__(x)
+        self._index: Tensor | None = None  # None: the sequence is the full map itself
+        self._valid: Tensor | None = None
+        self._sequence: Tensor | None = None  # None: to be gathered from the full map
+        self._stale = False
+
+    def full(self) -> Tensor:
+        if self._stale:
+            self._map = _scatter(self._map, self._index, self._sequence)
+            self._stale = False
+        return self._map
+
+    def set_full(self, x: Tensor) -> None:
+        self._map, self._sequence, self._stale = x, None, False
+
+    def _compact(self) -> Tensor:
+        """The compact sequence ``(B, n, D)``, gathered from the full map if it is not at hand."""
+        if self._sequence is None:
+            self._sequence = gather_tokens(self._map, self._index)
+        return self._sequence
+
+    def candidates(self, reactivate: bool) -> _CandidateView:
+        if reactivate or self._index is None:
+            return _CandidateView(self.full(), self._grid_weight(reactivate), None)
+        weight = self._map.new_ones(self._index.shape) if self._valid is None else self._valid.to(self._map.dtype)
+        return _CandidateView(self._compact(), weight, self._index)
+
+    def rewrite(self, index: Tensor | None, tokens: Tensor) -> None:
+        if index is None:
+            self.set_full(tokens)
+        else:
+            self._sequence, self._stale = tokens, True
+
+    def restrict(self, active: Tensor) -> None:
+        self.set_full(self.full())  # one scatter back, if the blocks ran; the next block gathers the new set
+        self.active = active
+        self._index, self._valid = _gather_plan(active)
+
+    def run(self, block: nn.Module) -> None:
+        if self._index is None:
+            self._map = block(self._map)
+        elif self._index.shape[1] > 0:
+            self._sequence, self._stale = _run_compact(block, self._compact(), self._valid), True
 
 
 class PrunableViT(nn.Module):
@@ -213,76 +360,35 @@ class PrunableViT(nn.Module):
         the dense map and the mask entering each block."""
         method = self.method
         positions, observed = set(method.positions), set(method.observation_points)
-        active: Tensor | None = None  # None = every token active
-        plan: tuple[Tensor | None, Tensor | None] = (None, None)
+        tokens = _MaskedTokens(x) if path == "masked" else _CompactTokens(x)
         block_keep = []
         for i, block in enumerate(self.vit.blocks):
-            if interaction is not None:
-                x = interaction.before_block(i, x)  # every token, pruned ones included
+            if interaction is not None and interaction.injects(i):
+                tokens.set_full(interaction.before_block(i, tokens.full()))  # every token, pruned ones included
             if i in observed:
-                method.observe(i, x, self._full(active, x), ctx)
+                method.observe(i, tokens.full(), tokens.keep_mask(), ctx)
             if i in positions:
-                x, active = self._stage(i, x, active, ctx, path)
-                plan = _gather_plan(active) if path == "gather" else (None, None)
-            block_keep.append(self._full(active, x))
-            x = self._run_masked(block, x, active) if path == "masked" else self._run_gathered(block, x, plan)
-            if interaction is not None:
-                interaction.after_block(i, x)
+                self._stage(i, tokens, ctx)
+            block_keep.append(tokens.keep_mask())
+            tokens.run(block)
+            if interaction is not None and interaction.extracts(i):
+                interaction.after_block(i, tokens.full())
         if self.depth in observed:
-            method.observe(self.depth, x, self._full(active, x), ctx)
-        return x, block_keep
+            method.observe(self.depth, tokens.full(), tokens.keep_mask(), ctx)
+        return tokens.full(), block_keep
 
-    @staticmethod
-    def _full(active: Tensor | None, x: Tensor) -> Tensor:
-        return active if active is not None else x.new_ones(x.shape[:2])
-
-    def _stage(
-        self, position: int, x: Tensor, active: Tensor | None, ctx: FrameContext, path: Path
-    ) -> tuple[Tensor, Tensor]:
-        """Ask the method at ``position``; return the (possibly rewritten) tokens and the new mask."""
-        batch, num_tokens, _ = x.shape
-        weight = x.new_ones(batch, num_tokens) if active is None or self.method.reactivates else active
-        index, valid = _gather_plan(weight) if path == "gather" else (None, None)
-        if index is None:
-            full_index = torch.arange(num_tokens, device=x.device).expand(batch, -1)
-            candidates = Candidates(x, weight, full_index, ctx.grid)
-        else:
-            cand_weight = x.new_ones(index.shape) if valid is None else valid.to(x.dtype)
-            candidates = Candidates(gather_tokens(x, index), cand_weight, index, ctx.grid)
-        selection = self.method.select(position, candidates, ctx)
-        keep = selection.keep * candidates.weight
-        if index is None:
-            full_keep = keep
-            if selection.tokens is not None:
-                x = selection.tokens
-        else:
-            full_keep = x.new_zeros(batch, num_tokens).scatter(1, index, keep)
-            if selection.tokens is not None:
-                x = _scatter(x, index, selection.tokens)
+    def _stage(self, position: int, tokens: _Tokens, ctx: FrameContext) -> None:
+        """Ask the method at ``position``; apply its rewritten features and put the new cumulative mask in force."""
+        view = tokens.candidates(self.method.reactivates)
+        batch, num_tokens = view.weight.shape[0], ctx.grid[0] * ctx.grid[1]
+        index = torch.arange(num_tokens, device=view.weight.device).expand(batch, -1) if view.index is None else view.index
+        selection = self.method.select(position, Candidates(view.tokens, view.weight, index, ctx.grid), ctx)
+        keep = selection.keep * view.weight
+        full_keep = keep if view.index is None else view.weight.new_zeros(batch, num_tokens).scatter(1, index, keep)
+        if selection.tokens is not None:
+            tokens.rewrite(view.index, selection.tokens)
         ctx.records.append(StageRecord(position, full_keep, selection.aux))
-        return x, full_keep
-
-    @staticmethod
-    def _run_masked(block: nn.Module, x: Tensor, active: Tensor | None) -> Tensor:
-        if active is None:
-            return block(x)
-        out = block(x, attn_mask=_key_mask(active > 0.5, x.dtype))
-        d = active[..., None]
-        return d * out + (1.0 - d) * x
-
-    @staticmethod
-    def _run_gathered(block: nn.Module, x: Tensor, plan: tuple[Tensor | None, Tensor | None]) -> Tensor:
-        index, valid = plan
-        if index is None:
-            return block(x)
-        if index.shape[1] == 0:
-            return x
-        kept = gather_tokens(x, index)
-        if valid is None:
-            out = block(kept)
-        else:
-            out = torch.where(valid[..., None], block(kept, attn_mask=_key_mask(valid, x.dtype)), kept)
-        return _scatter(x, index, out)
+        tokens.restrict(full_keep)
 
 
 def create_backbone(
