@@ -38,6 +38,11 @@ def frame_ioi(patches: torch.Tensor, block_keep: torch.Tensor) -> float | None:
     return 100.0 * float(np.mean(recalls)) if recalls else None
 
 
+def offsets(alignment: str) -> list[int]:
+    """The offsets measured under ``alignment``: -BEFORE .. AFTER after a cut, 0 .. AFTER from a video's start."""
+    return list(range(-BEFORE if alignment == "cut" else 0, AFTER + 1))
+
+
 def offset_name(offset: int) -> str:
     """The metric suffix of an offset: ``m1`` for -1, ``0``, ``1``, ..."""
     return f"m{-offset}" if offset < 0 else str(offset)
@@ -74,8 +79,7 @@ class RecoveryMeter:
         for alignment in ALIGNMENTS:
             if alignment not in self._values:
                 continue
-            first = -BEFORE if alignment == "cut" else 0
             values = self._values[alignment]
             out[alignment] = {offset_name(k): (float(np.mean(values[k])) if values.get(k) else None)
-                              for k in range(first, AFTER + 1)}
+                              for k in offsets(alignment)}
         return out

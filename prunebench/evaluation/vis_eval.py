@@ -208,10 +208,12 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
     frames = Progress("eval", sum(len(video) for video in dataset.videos), "frames", logger=log)
     with torch.inference_mode(), frames:
         for video in dataset.videos:
-            state, areas = None, _mean_areas(video)
+            state, areas, first_frames = None, _mean_areas(video), []
             for t, image in enumerate(video_frames(video, max_size)):
                 image = image.to(device)
                 patches = _instance_patches(video, t, max_size)
+                if t <= AFTER:
+                    first_frames.append((image, patches))
                 foreground = patches.any(dim=0)[None].to(device) if needs_foreground else None
                 with autocast(precision, device):
                     cost = backbone_cost(model.backbone, image, state=state, generator=generator, foreground=foreground)
@@ -235,7 +237,8 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
                                       (video.height, video.width), category_ids)
             if config.lead_in_frames:
                 with autocast(precision, device):
-                    _blank_lead_in(model, video, config.lead_in_frames, max_size, device, lead_in_generator, recovery)
+                    _blank_lead_in(model, video, first_frames, config.lead_in_frames, max_size, lead_in_generator,
+                                   recovery)
         gt = dataset.ground_truth()
         metrics: dict[str, Any] = score_results(gt, results)
         metrics.update({
@@ -291,10 +294,12 @@ def _update_ioi(meter: IoIMeter, video: Video, t: int, patches: torch.Tensor, bl
         meter.update((video.id, inst.id), covered, block_keep, areas[inst.id])
 
 
-def _blank_lead_in(model: VISModel, video: Video, lead_in: int, max_size: int | None, device: torch.device,
-                   generator: torch.Generator, meter: RecoveryMeter) -> None:
+def _blank_lead_in(model: VISModel, video: Video, first_frames: list[tuple[torch.Tensor, torch.Tensor]], lead_in: int,
+                   max_size: int | None, generator: torch.Generator, meter: RecoveryMeter) -> None:
     """The paper's scene-switch protocol: ``lead_in`` white frames of the video's size (temporal state carried),
-    then its first frames; each one's IoI measured by frames since the video began (backbone only)."""
+    then its ``first_frames`` (model input and instance patches, as the main pass prepared them); each one's IoI
+    measured by frames since the video began (backbone only)."""
+    device = first_frames[0][0].device
     white = prepare_image(np.full((video.height, video.width, 3), 255, dtype=np.uint8), max_size)[None].to(device)
     nothing = torch.zeros(1, white.shape[-2] // PATCH_SIZE * (white.shape[-1] // PATCH_SIZE), dtype=torch.bool,
                           device=device)
@@ -303,9 +308,8 @@ def _blank_lead_in(model: VISModel, video: Video, lead_in: int, max_size: int | 
     for _ in range(lead_in):
         state = model.backbone(white, state=state, generator=generator,
                                foreground=nothing if needs_foreground else None).state
-    for t, image in enumerate(itertools.islice(video_frames(video, max_size), AFTER + 1)):
-        patches = _instance_patches(video, t, max_size)
+    for t, (image, patches) in enumerate(first_frames):
         foreground = patches.any(dim=0)[None].to(device) if needs_foreground else None
-        out = model.backbone(image.to(device), state=state, generator=generator, foreground=foreground)
+        out = model.backbone(image, state=state, generator=generator, foreground=foreground)
         state = out.state
         meter.add("blank", t, frame_ioi(patches, out.block_keep[:, 0].float().cpu()))

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from prunebench.evaluation.scene_cuts import AFTER, ALIGNMENTS, BEFORE, offset_name  # noqa: E402
+from prunebench.evaluation.scene_cuts import ALIGNMENTS, offset_name, offsets  # noqa: E402
 from prunebench.reports.leaderboard import Leaderboard, SettingRow  # noqa: E402
 from prunebench.reports.style import method_color, png_bytes  # noqa: E402
 
@@ -22,14 +22,10 @@ TITLES = {"cut": "after a scene cut (-1: the frame before)", "blank": "after thr
           "start": "from the video's start (no lead-in)"}
 
 
-def _offsets(alignment: str) -> list[int]:
-    return list(range(-BEFORE if alignment == "cut" else 0, AFTER + 1))
-
-
 def recovery_curve(row: SettingRow, alignment: str) -> list[float | None]:
     """Mean frame IoI over the row's runs at each offset of ``alignment`` (None where no run has a value)."""
     curve = []
-    for offset in _offsets(alignment):
+    for offset in offsets(alignment):
         values = [r.recovery[f"{alignment}_{offset_name(offset)}"] for r in row.runs
                   if f"{alignment}_{offset_name(offset)}" in r.recovery]
         curve.append(sum(values) / len(values) if values else None)
@@ -49,7 +45,7 @@ def recovery_table(board: Leaderboard, goal: float) -> list[dict[str, Any]]:
             curve = recovery_curve(row, alignment)
             if any(v is not None for v in curve):
                 records.append({"after": alignment, "method": row.method, "setting": row.setting,
-                                **{f"t{offset:+d}": v for offset, v in zip(_offsets(alignment), curve)}})
+                                **{f"t{offset:+d}": v for offset, v in zip(offsets(alignment), curve)}})
     return records
 
 
@@ -62,7 +58,7 @@ def recovery_figure(board: Leaderboard, goal: float) -> bytes | None:
     for ax, alignment in zip(axes[0], ALIGNMENTS):
         for row in rows:
             curve = recovery_curve(row, alignment)
-            points = [(x, y) for x, y in zip(_offsets(alignment), curve) if y is not None]
+            points = [(x, y) for x, y in zip(offsets(alignment), curve) if y is not None]
             if points:
                 ax.plot(*zip(*points), marker="o", color=method_color(row.method), label=f"{row.method} ({row.setting})")
         ax.set_title(TITLES[alignment], fontsize=9)
