@@ -14,20 +14,30 @@ driver had started but had not yet written into Tune's experiment state is unkno
 sweep (its searcher draws that trial again under a new id): ``abandon_orphans`` tags such a run
 ``prunebench.kind = abandoned`` (ending it KILLED if it was running), so it is neither left RUNNING
 nor counted twice.
+
+A trial the restored sweep knows but had not recorded as finished starts again from scratch (trials
+checkpoint only with their final report), and may end differently (ASHA's restored rungs can stop it).
+Its run from the killed driver holds that earlier attempt (windows, perhaps even a logged evaluation),
+so ``on_trial_start`` retires it (kind ``abandoned``, key ``<key>:superseded:<run id>``) and the new
+attempt writes a fresh run: every counted run holds exactly the attempt the sweep's result reports.
+Each driver process tags the runs it creates with its own id (``prunebench.driver``) to tell them apart.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
-from prunebench.platform.tracking import Tracker, numeric_metrics
+from prunebench.platform.tracking import KEY_TAG, Tracker, numeric_metrics
 from prunebench.platform.trial import KEEP_MASKS, RESULTS, WEIGHTS, Describe, final_report
 
 LOGGED_TAG = "prunebench.logged"
+DRIVER_TAG = "prunebench.driver"
+DRIVER_ID = uuid.uuid4().hex  # this driver process; a restored callback still runs in a new one
 WINDOW_KEYS = ("task_loss", "loss", "prune_loss", "keep", "lr")
 
 
@@ -105,7 +115,7 @@ class MLflowTrials(tune.Callback):
         """The child run of a trial (created on first use, found again after a restore)."""
         spec = self.describe(config)
         tags = {**self.base_tags, "prunebench.kind": "eval", "prunebench.sweep": self.sweep, "trial_id": trial_id,
-                "method": spec.method, "seed": str(spec.seed), **spec.tags}
+                "method": spec.method, "seed": str(spec.seed), DRIVER_TAG: DRIVER_ID, **spec.tags}
         return self.tracker.run(self.experiment_id, trial_run_key(self.sweep, trial_id), name=f"{spec.label}-{trial_id}",
                                 parent=self.parent, tags=tags)
 
@@ -122,7 +132,23 @@ class MLflowTrials(tune.Callback):
                 self.tracker.end(run.info.run_id, killed=True)
         return [run.info.run_id for run in orphans]
 
+    def retire_earlier_attempt(self, trial_id: str) -> str | None:
+        """If a previous driver wrote a run for ``trial_id`` (which now starts again from scratch), tag it
+        ``abandoned`` under a superseded key (ending it KILLED if it was running); return its id."""
+        key = trial_run_key(self.sweep, trial_id)
+        found = self.tracker.find_run(self.experiment_id, key)
+        if found is None:
+            return None
+        run = self.tracker.client.get_run(found)
+        if run.data.tags.get(DRIVER_TAG) == DRIVER_ID:
+            return None
+        self.tracker.set_tags(found, {"prunebench.kind": "abandoned", KEY_TAG: f"{key}:superseded:{found}"})
+        if run.info.status == "RUNNING":
+            self.tracker.end(found, killed=True)
+        return found
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.retire_earlier_attempt(trial.trial_id)
         spec = self.describe(trial.config)
         params = {f"method.params.{k}": json.dumps(v) for k, v in spec.params.items()}
         self.tracker.log_params(self.run_for(trial.trial_id, trial.config),
