@@ -3,9 +3,9 @@
     python benchmarks/platform_overhead.py [--steps 40 --trials 8]
 
 1. The same dense training stage (model, data, seed, steps) in this process with the plain loop,
-   then through Ray Train (``TorchTrainer``, 1 worker with the same threads): seconds per step
-   (median inside the loop; mean per epoch for Ray, as its workers report it) and total wall time
-   including Ray's start-up.
+   then through Ray Train (``TorchTrainer``, 1 worker with the same threads): the mean seconds per
+   step over all steps (each step timed inside the loop the same way on both; Ray's workers report
+   the mean of each epoch) and total wall time including Ray's start-up.
 2. A sweep of ``--trials`` short DynamicViT fine-tune+eval trials (Ray Tune + Optuna) with 2 CPUs
    per trial (1 concurrent) vs 1 CPU per trial (2 concurrent) on this 2-core machine.
 """
@@ -41,23 +41,26 @@ def config_for(root: Path, steps: int, threads: int):
 
 
 def bare(config) -> tuple[float, float]:
-    """(median seconds per step, total wall seconds) of the plain loop."""
+    """(mean seconds per step, total wall seconds) of the plain loop."""
     begin = time.perf_counter()
     prepared = prepare_stage(config, "train")
     seconds: list[float] = []
     train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, torch.device("cpu"),
                 on_step=lambda m, o: seconds.append(m.seconds))
-    return statistics.median(seconds[2:]), time.perf_counter() - begin
+    return statistics.fmean(seconds), time.perf_counter() - begin
 
 
 def through_ray(config, threads: int) -> tuple[float, float]:
-    """(mean seconds per step over the reports, total wall seconds incl. Ray start-up) on Ray Train."""
+    """(mean seconds per step over all steps, total wall seconds incl. Ray start-up) on Ray Train."""
     begin = time.perf_counter()
     connect(None, num_cpus=2)
     result = train_on_ray(config, "train", Path(config.out) / "ray_dense.safetensors", scaling=Scaling(1, False, threads))
-    per_step = statistics.fmean(r["seconds_per_step"] for r in result.history)
     wall = time.perf_counter() - begin
     ray.shutdown()
+    # each report is the mean over the steps since the previous one: weight it by their number
+    steps = [r["step"] for r in result.history]
+    windows = [b - a for a, b in zip([0, *steps], steps)]
+    per_step = sum(w * r["seconds_per_step"] for w, r in zip(windows, result.history)) / steps[-1]
     return per_step, wall
 
 
@@ -73,7 +76,7 @@ def sweep(config, dense: Path, trials: int, cpus_per_trial: int, name: str) -> f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=8, help="trials of the sweep comparison (0: skip it)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -88,6 +91,8 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|")
         print(f"| bare PyTorch loop | {bare_step:.3f} | 1.00 | {bare_wall:.1f} | 1.00 |")
         print(f"| Ray Train (1 worker) | {ray_step:.3f} | {ray_step / bare_step:.2f} | {ray_wall:.1f} | {ray_wall / bare_wall:.2f} |")
+        if args.trials < 1:
+            return
         dense = run_stage(config, "train", root / "dense.safetensors")
         one = sweep(config, dense, args.trials, 2, "sweep-1x2cpu")
         two = sweep(config, dense, args.trials, 1, "sweep-2x1cpu")

@@ -1,9 +1,10 @@
 """Numeric precision of training and inference: the config's top-level ``precision``.
 
 ``fp32`` runs as PyTorch does by default: nothing is wrapped, so results are those of a config
-without the setting. ``bf16`` and ``fp16`` run the model's forward (and, in training, the loss) under
-``torch.autocast`` with that dtype: matrix products and convolutions in the lower precision, while the
-weights, the optimizer state and the gradients stay fp32. ``fp16`` on a GPU scales the loss with a
+without the setting. ``bf16`` and ``fp16`` run the model's forward under ``torch.autocast`` with that
+dtype: the backbone's matrix products in the lower precision, while the head (pyramid, Mask2Former,
+its loss and matching) opts out and runs in fp32 (``VISModel.decode``), and the weights, the optimizer
+state and the gradients stay fp32. ``fp16`` on a GPU scales the loss with a
 ``torch.amp.GradScaler``. What leaves the model for scoring (tracking, AP, PKR, IoI) is read in fp32.
 
 Where each runs, checked on the driver before anything starts (``check_precision``): ``bf16`` on a CPU

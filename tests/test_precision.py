@@ -34,12 +34,13 @@ def _prepared(tmp_path, precision="bf16", method="vpp"):
 
 
 @contextlib.contextmanager
-def _matmul_dtypes(model: VISModel) -> Iterator[list[torch.dtype]]:
+def _matmul_dtypes(model: VISModel) -> Iterator[dict[str, set[torch.dtype]]]:
     """The output dtypes of two matrix products while the block runs: the first block's qkv projection (backbone)
     and the class predictor (head)."""
-    seen: list[torch.dtype] = []
-    layers = (model.backbone.vit.blocks[0].attn.qkv, model.head.class_predictor)
-    hooks = [layer.register_forward_hook(lambda module, args, out: seen.append(out.dtype)) for layer in layers]
+    seen: dict[str, set[torch.dtype]] = {"backbone": set(), "head": set()}
+    layers = {"backbone": model.backbone.vit.blocks[0].attn.qkv, "head": model.head.class_predictor}
+    hooks = [layer.register_forward_hook(lambda module, args, out, part=part: seen[part].add(out.dtype))
+             for part, layer in layers.items()]
     try:
         yield seen
     finally:
@@ -115,7 +116,8 @@ def test_training_steps_under_bf16_give_finite_losses_and_keep_fp32_weights(tmp_
                     on_step=lambda metrics, _: steps.append(metrics), precision=config.precision)
     assert len(steps) == 2 and all(math.isfinite(m.loss) and math.isfinite(m.task_loss) for m in steps)
     assert not any(m.skipped for m in steps)
-    assert dtypes and set(dtypes) == {torch.bfloat16}  # backbone and head ran their matrix products in bf16
+    # the backbone ran its matrix products in bf16, the head (and with it the loss) in fp32
+    assert dtypes == {"backbone": {torch.bfloat16}, "head": {torch.float32}}
     after = _weights(prepared.model)
     assert all(p.dtype == torch.float32 for p in after.values())
     assert any(not torch.equal(before[name], after[name]) for name in before)
@@ -128,7 +130,8 @@ def test_evaluation_under_bf16_runs_the_model_in_bf16_and_scores_in_fp32(tmp_pat
         evaluation = evaluate(prepared.model, prepared.valid, config.eval, config.data.max_size, config.device,
                               timing=True, precision=config.precision)
     metrics = evaluation.metrics
-    assert dtypes and set(dtypes) == {torch.bfloat16}  # in both passes: a timing pass in fp32 would add float32
+    # in both passes: a timing pass in fp32 would add float32 to the backbone's
+    assert dtypes == {"backbone": {torch.bfloat16}, "head": {torch.float32}}
     assert metrics["precision"] == "bf16" and metrics["AP"] is not None
     assert all(math.isfinite(metrics[k]) for k in ("pkr", "gmacs", "fps_backbone", "fps_model"))
     assert 0 < metrics["pkr"] < 1 and metrics["ioi"]["all"] is not None

@@ -134,8 +134,22 @@ class VISModel(nn.Module):
 
     def decode(self, images: Tensor, backbone_out: BackboneOutput,
                targets: list[tuple[Tensor, Tensor]] | None = None) -> FrameOutput:
-        """Run the pyramid (the adapter's, if any) and Mask2Former on a backbone output."""
-        maps = backbone_out.pyramid if self.pyramid is None else self.pyramid(backbone_out.features)
+        """Run the pyramid (the adapter's, if any) and Mask2Former on a backbone output, in fp32.
+
+        A lower ``precision`` (autocast around the model) covers the backbone only, where the arithmetic
+        is: the head's many small operations, its loss and its matching ran slower under CPU autocast
+        than in fp32 (docs/performance.md), and the loss is where low precision is least wanted.
+        """
+        with torch.autocast(images.device.type, enabled=False):
+            if self.pyramid is None:
+                maps = tuple(level.float() for level in backbone_out.pyramid)
+            else:
+                maps = self.pyramid(backbone_out.features.float())
+            return self._head(images, backbone_out, maps, targets)
+
+    def _head(self, images: Tensor, backbone_out: BackboneOutput, maps: tuple[Tensor, ...],
+              targets: list[tuple[Tensor, Tensor]] | None) -> FrameOutput:
+        """Mask2Former on the pyramid ``maps``."""
         self.head.model.pixel_level_module.encoder.maps = maps
         kwargs = {}
         if targets is not None:
