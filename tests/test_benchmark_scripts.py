@@ -1,0 +1,31 @@
+"""The speed benchmarks run end to end on tiny settings and print their tables (their numbers are not checked:
+speed claims come from full runs, docs/performance.md)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-W", "ignore", str(ROOT / "benchmarks" / script), *args],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_backbone_latency_prints_a_table_per_size_and_the_summary():
+    out = _run("backbone_latency.py", "--tokens", "112", "240", "--batches", "1", "--runs", "1", "--warmup", "1",
+               "--repeats", "2", "--calibration-steps", "1", "--methods", "dynamicvit")
+    assert "112 tokens (128x224), batch 1" in out and "240 tokens (192x320), batch 1" in out
+    summary = out.split("Summary")[1]
+    assert "| 112 tok, b1 | 240 tok, b1 |" in summary
+    assert "| dynamicvit |" in summary and "| dense, fewer tokens |" in summary
+
+
+def test_train_step_splits_a_step_into_its_phases():
+    out = _run("train_step.py", "--steps", "2", "--warmup", "1", "--precisions", "fp32")
+    for phase in ("data", "backbone", "pixel decoder", "loss + matching", "optimizer", "backward + rest", "step"):
+        assert f"| {phase} |" in out, phase
+    assert "| fp32 |" in out and "| 1.00 | 1.00 |" in out
