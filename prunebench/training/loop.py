@@ -5,7 +5,7 @@ no weight decay on norms, biases, position and query embeddings), gradient clipp
 ``clip_norm``, step decay by ``gamma`` at ``milestones`` (fractions of the steps), optional linear
 warm-up. Each step runs a clip as a frame chain: the backbone state of frame t (VPP) is passed to
 frame t+1 without detaching; the loss is the mean over frames of Mask2Former's loss plus the
-method's sparsity loss. The forward and the loss run under the config's ``precision`` (autocast for
+method's sparsity loss. The forward runs under the config's ``precision`` (autocast for
 bf16 / fp16; fp16 on a GPU with a loss scaler, whose overflowing steps it skips and lowers its scale).
 """
 
@@ -108,12 +108,14 @@ def train_steps(
 
     With ``world > 1`` (inside a Ray Train worker group) each worker reads its shard of the clips,
     starts from rank 0's weights and applies the mean gradient of all workers. ``precision``: the
-    forward and loss under autocast (``prunebench.precision``); weights, gradients and optimizer stay fp32.
+    forward under autocast (``prunebench.precision``: the backbone in the lower precision, the head and
+    its loss in fp32); weights, gradients and optimizer stay fp32.
     """
     groups = param_groups(model, optim)
     for g in groups:
         g["initial_lr"] = g["lr"]
-    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, fused=True)  # one kernel per step, not ~10 ops per tensor
+    # fused: one kernel for all parameters per step, not ~10 operations per tensor (docs/performance.md)
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, fused=True)
     scaler = grad_scaler(precision, device)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
