@@ -72,13 +72,14 @@ def size_table(models: dict[str, torch.nn.Module], tokens: int, batch: int, runs
     size = TOKEN_SIZES[tokens]
     frames = [(i == 0, f) for i, f in enumerate(video(warmup + runs, size, seed=0, batch=batch))]
     rows = compare(models, frames, warmup)
+    names = list(models)
+    latencies = {name: [rows[name]["latency_ms"]] for name in names}
     for order in range(1, repeats):  # again, in a rotated order: drifts of the machine hit every model alike
-        names = list(models)[order % len(models):] + list(models)[:order % len(models)]
-        for name in names:
-            rows[name].setdefault("repeats", [rows[name]["latency_ms"]])
-            rows[name]["repeats"].append(statistics.median(time_frames(models[name], frames, warmup)))
+        for name in names[order % len(names):] + names[:order % len(names)]:
+            latencies[name].append(statistics.median(time_frames(models[name], frames, warmup)))
+    for name, row in rows.items():
+        row["latency_ms"] = statistics.median(latencies[name])
     for row in rows.values():
-        row["latency_ms"] = statistics.median(row.get("repeats", [row["latency_ms"]]))
         row["speedup"] = rows["dense"]["latency_ms"] / row["latency_ms"]
     rows["dense, fewer tokens"] = fewer_tokens(models["dense"], rows["dense"], size, batch, runs, warmup)
     print(f"\n{tokens} tokens ({size[0]}x{size[1]}), batch {batch}, {threads} threads, median over {repeats} "

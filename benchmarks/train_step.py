@@ -10,7 +10,7 @@ splits each step by wall clock:
 - forward phases, timed by forward hooks on the model's parts: backbone, pyramid, pixel decoder,
   transformer decoder, loss + Hungarian matching (Mask2Former's criterion);
 - optimizer: ``AdamW.step`` (optimizer step hooks);
-- data: reading and collating the clip (the loader's ``__next__``);
+- data: reading and decoding the clips (the clip sampler's ``__getitem__``);
 - backward + rest: the step's wall time minus all of the above (backward, gradient clipping,
   zero_grad, learning-rate update).
 
@@ -107,12 +107,12 @@ def measure(config, stage: str, precision: str, steps: int, warmup: int) -> list
         phases = clock.take()
         if metrics.step > warmup:
             phases["backward + rest"] = metrics.seconds - sum(phases.values())
-            rows.append({**phases, "step": metrics.seconds, "task_loss": metrics.task_loss})
+            rows.append({**phases, "step": metrics.seconds})
 
     optim = prepared.optim.model_copy(update={"steps": warmup + steps})
     try:
-        train_steps(prepared.model, TimedClips(prepared.sampler, clock), optim, config.seed, torch.device("cpu"), on_step=on_step,
-                    precision=precision)
+        train_steps(prepared.model, TimedClips(prepared.sampler, clock), optim, config.seed, torch.device("cpu"),
+                    on_step=on_step, precision=precision)
     finally:
         pre.remove()
         post.remove()
@@ -137,22 +137,21 @@ def main() -> None:
         load_datasets(config)
         results = {p: measure(config, args.stage, p, args.steps, args.warmup) for p in args.precisions}
     first = args.precisions[0]
-    base = statistics.median(r["step"] for r in results[first])
-    print(f"\n{args.stage} stage of the demo preset (vit_tiny, 128x224, batch {config.train.batch_size if args.stage == 'train' else config.finetune.batch_size}), "
+    step = {p: statistics.median(r["step"] for r in results[p]) for p in args.precisions}
+    batch = config.train.batch_size if args.stage == "train" else config.finetune.batch_size
+    print(f"\n{args.stage} stage of the demo preset (vit_tiny, 128x224, batch {batch}), "
           f"{args.threads} threads; median of {args.steps} steps after {args.warmup} warm-up\n")
-    print("| phase | " + " | ".join(f"{p} ms" for p in args.precisions) + " | " + " | ".join(f"{p} share" for p in args.precisions) + " |")
+    print("| phase | " + " | ".join(f"{p} ms" for p in args.precisions) + " | "
+          + " | ".join(f"{p} share" for p in args.precisions) + " |")
     print("|---|" + "---:|" * (2 * len(args.precisions)))
     for phase in (*PHASES, "backward + rest", "step"):
-        medians = [statistics.median(r.get(phase, 0.0) for r in results[p]) * 1e3 for p in args.precisions]
-        steps = [statistics.median(r["step"] for r in results[p]) * 1e3 for p in args.precisions]
-        print(f"| {phase} | " + " | ".join(f"{m:.1f}" for m in medians) + " | "
-              + " | ".join(f"{m / s:.0%}" for m, s in zip(medians, steps)) + " |")
+        medians = {p: statistics.median(r.get(phase, 0.0) for r in results[p]) for p in args.precisions}
+        print(f"| {phase} | " + " | ".join(f"{medians[p] * 1e3:.1f}" for p in args.precisions) + " | "
+              + " | ".join(f"{medians[p] / step[p]:.0%}" for p in args.precisions) + " |")
     print("\n| precision | step ms | step time ratio to " + first + " | speedup |")
     print("|---|---:|---:|---:|")
     for p in args.precisions:
-        step = statistics.median(r["step"] for r in results[p])
-        print(f"| {p} | {step * 1e3:.1f} | {step / base:.2f} | {base / step:.2f} |")
-
+        print(f"| {p} | {step[p] * 1e3:.1f} | {step[p] / step[first]:.2f} | {step[first] / step[p]:.2f} |")
 
 if __name__ == "__main__":
     main()
