@@ -107,13 +107,16 @@ class BenchmarkConfig(ConfigModel):
 
     Each method is fine-tuned at every setting in ``settings``: a PKR that the method's own schedule
     formula implies for its parameters (``models.presets.params_for_pkr``), so that the measured
-    PKRs bracket every goal. ``params`` may instead list explicit parameter sets per method.
+    PKRs bracket every goal. ``fixed`` holds parameters a method keeps at every setting (its positions,
+    a loss weight): the setting's schedule parameters are solved with them in place. ``params`` may instead
+    list explicit parameter sets per method.
     """
 
     methods: Items[str] = ("vpp", "dynamicvit", "tps", "svit", "random", "oracle")
     goals: Items[float] = (0.55, 0.40)
     settings: Items[float] = (0.33, 0.47, 0.62)
     seeds: Items[int] = (0, 1, 2)
+    fixed: dict[str, dict[str, Any]] = {}  # method -> parameters held at every setting
     params: dict[str, Any] = {}  # method -> list of explicit parameter sets
     cpus_per_trial: int = 1
     gpus_per_trial: float | None = None  # None: 1 for a cuda config, 0 for a cpu one

@@ -96,6 +96,10 @@ def params_for_pkr(method: str, pkr: float, base: dict[str, Any] | None = None) 
         raise ConfigError(f"no keep schedule for method '{method}'; allowed: {', '.join(sorted(_FAMILIES))}")
     family, low, high = _FAMILIES[method]
     base = dict(base or {})
+    moved = sorted(set(base) & set(family(low)))
+    if moved:
+        raise ConfigError(f"{method}: {', '.join(moved)} set the keep level and cannot be held fixed; "
+                          "allowed: the method's other parameters")
 
     def gap(x: float) -> float:
         return implied_pkr(method, {**base, **family(x)}) - pkr

@@ -32,7 +32,7 @@ from prunebench.config import ExperimentConfig, load_config
 from prunebench.errors import ConfigError
 from prunebench.evaluation.vis_eval import measure_fps
 from prunebench.models.presets import params_for_pkr
-from prunebench.models.registry import build_method, backbone_spec
+from prunebench.models.registry import backbone_spec, build_method, method_class
 from prunebench.platform.ray_train import connect_checked, join_cluster_first
 from prunebench.platform.resources import gpus_per_trial, worker_config
 from prunebench.platform.runs import cached_dense, run_params
@@ -60,7 +60,8 @@ def benchmark_specs(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
                 raise ConfigError(f"benchmark.params.{method}: expected a non-empty list of parameter sets")
             settings = [(f"set{i}", dict(p)) for i, p in enumerate(explicit)]
         else:
-            settings = [(f"{pkr:.2f}", params_for_pkr(method, pkr)) for pkr in bench.settings]
+            fixed = bench.fixed.get(method, {})
+            settings = [(f"{pkr:.2f}", params_for_pkr(method, pkr, base=fixed)) for pkr in bench.settings]
         for setting, params in settings:
             build_method(method, params, dim, depth)  # one line naming a bad parameter, before anything starts
             specs += [TrialSpec(f"{method}-{setting}-s{seed}", method, params, seed,
@@ -73,6 +74,14 @@ def check_benchmark(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
     bench = config.benchmark
     if not bench.methods or not bench.seeds or not bench.goals:
         raise ConfigError("benchmark: methods, seeds and goals must each name at least one entry")
+    for method in bench.fixed:  # a preset may fix methods that a variant of it leaves out of its grid
+        try:
+            method_class(method)
+        except ConfigError as error:
+            raise ConfigError(f"benchmark.fixed: {error}") from None
+        if method in bench.params:
+            raise ConfigError(f"benchmark.fixed.{method}: {method} also has explicit benchmark.params; "
+                              "allowed: one of the two per method")
     if bench.cpus_per_trial < 1:
         raise ConfigError(f"benchmark.cpus_per_trial={bench.cpus_per_trial}; allowed: an integer >= 1")
     if len(set(bench.seeds)) != len(bench.seeds):

@@ -1,0 +1,49 @@
+"""``benchmark.fixed``: parameters a method holds at every keep setting of the benchmark grid."""
+
+import pytest
+
+from prunebench.config import load_config
+from prunebench.errors import ConfigError
+from prunebench.models.presets import implied_pkr, params_for_pkr
+from prunebench.platform.benchmark import check_benchmark
+
+
+def _specs(overrides):
+    return check_benchmark(load_config("benchmark-tiny", overrides))
+
+
+def test_fixed_parameters_reach_every_setting_and_seed_of_their_method_only():
+    specs = _specs({"benchmark.fixed": {"dynamicvit": {"ratio_weight": 20.0, "positions": [2, 5, 8]}}})
+    dynamicvit = [s for s in specs if s.method == "dynamicvit"]
+    assert dynamicvit and all(s.params["ratio_weight"] == 20.0 and s.params["positions"] == [2, 5, 8]
+                              for s in dynamicvit)
+    assert all("ratio_weight" not in s.params for s in specs if s.method != "dynamicvit")
+    # a fixed method outside the grid (a variant of a preset may leave it out) is not an error
+    assert len(_specs({"benchmark.fixed": {"svit": {"ratio_weight": 8.0}}})) == len(specs)
+    # the keep level is solved with the fixed positions in place: each setting still implies its PKR
+    settings = load_config("benchmark-tiny").benchmark.settings
+    implied = sorted({round(implied_pkr("dynamicvit", s.params), 3) for s in dynamicvit})
+    assert implied == pytest.approx(sorted(settings), abs=1e-3)
+
+
+def test_a_fixed_keep_level_parameter_is_refused():
+    with pytest.raises(ConfigError, match=r"^dynamicvit: rho set the keep level and cannot be held fixed"):
+        params_for_pkr("dynamicvit", 0.5, base={"rho": 0.3})
+
+
+@pytest.mark.parametrize(("fixed", "message"), [
+    ({"dynamicvt": {"ratio_weight": 2.0}}, r"^benchmark\.fixed: unknown method 'dynamicvt'; allowed: "),
+    ({"dynamicvit": {"ratio_weigth": 2.0}}, r"^dynamicvit: unknown key .ratio_weigth.; allowed: "),
+    ({"dynamicvit": {"ratio_weight": -1.0}}, r"^dynamicvit: ratio_weight=-1\.0"),
+])
+def test_bad_fixed_parameters_fail_in_one_line(fixed, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        _specs({"benchmark.fixed": fixed})
+    assert "\n" not in str(error.value)
+
+
+def test_fixed_and_explicit_parameter_sets_of_one_method_are_refused():
+    overrides = {"benchmark.fixed": {"dynamicvit": {"ratio_weight": 20.0}},
+                 "benchmark.params": {"dynamicvit": [{"rho": 0.5}]}}
+    with pytest.raises(ConfigError, match=r"^benchmark\.fixed\.dynamicvit: dynamicvit also has explicit "):
+        _specs(overrides)
