@@ -47,3 +47,10 @@ def test_fixed_and_explicit_parameter_sets_of_one_method_are_refused():
                  "benchmark.params": {"dynamicvit": [{"rho": 0.5}]}}
     with pytest.raises(ConfigError, match=r"^benchmark\.fixed\.dynamicvit: dynamicvit also has explicit "):
         _specs(overrides)
+
+
+@pytest.mark.parametrize("preset", ["benchmark-cpu", "benchmark-cpu-adapter"])
+def test_cpu_presets_weight_the_ratio_loss_of_dynamicvit_and_tps_for_this_task_loss(preset):
+    specs = check_benchmark(load_config(preset))
+    weights = {s.method: s.params.get("ratio_weight") for s in specs if s.method in ("dynamicvit", "tps")}
+    assert weights and set(weights.values()) == {20.0}
