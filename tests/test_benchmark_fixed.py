@@ -50,7 +50,11 @@ def test_fixed_and_explicit_parameter_sets_of_one_method_are_refused():
 
 
 @pytest.mark.parametrize("preset", ["benchmark-cpu", "benchmark-cpu-adapter"])
-def test_cpu_presets_weight_the_ratio_loss_of_dynamicvit_and_tps_for_this_task_loss(preset):
+def test_cpu_presets_weight_the_ratio_losses_for_this_task_loss(preset):
     specs = check_benchmark(load_config(preset))
-    weights = {s.method: s.params.get("ratio_weight") for s in specs if s.method in ("dynamicvit", "tps")}
-    assert weights and set(weights.values()) == {20.0}
+    weights: dict[str, set[float]] = {}
+    for spec in specs:
+        if spec.method in ("dynamicvit", "tps", "svit"):
+            weights.setdefault(spec.method, set()).add(spec.params.get("ratio_weight"))
+    expected = {"dynamicvit": {20.0}, "tps": {80.0}, "svit": {20.0}}
+    assert "dynamicvit" in weights and weights == {method: expected[method] for method in weights}
