@@ -26,7 +26,7 @@ from prunebench.data.synth import SynthSpec
 from prunebench.errors import ConfigError
 from prunebench.models.params import parse_params
 from prunebench.models.registry import BACKBONES, AdapterName, method_class
-from prunebench.models.vis_model import HeadConfig
+from prunebench.models.head_config import HeadConfig
 from prunebench.precision import Precision
 from prunebench.training.convergence import ConvergenceRule
 from prunebench.validation import ConfigModel, Items, validated

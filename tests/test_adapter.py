@@ -9,7 +9,7 @@ from model_helpers import as_trained
 from prunebench.config import load_config
 from prunebench.errors import ConfigError
 from prunebench.evaluation.cost import measure_flops
-from prunebench.evaluation.flops import backbone_cost, count_macs
+from prunebench.evaluation.flops import count_macs
 from prunebench.models import create_backbone
 from prunebench.models.pruning import PruningMethod, Selection
 from prunebench.models.vis_model import HeadConfig, VISModel

@@ -17,7 +17,7 @@ from platform_helpers import cli, kill_driver_when
 from prunebench.config import load_config
 from prunebench.data.synth import SynthSpec, generate
 from prunebench.data.ytvis import YTVISDataset
-from prunebench.platform.benchmark import benchmark_specs
+from prunebench.platform.benchmark_grid import benchmark_specs
 from prunebench.platform.dense_cache import dense_key, dense_model
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ import pytest
 from prunebench.config import load_config
 from prunebench.errors import ConfigError
 from prunebench.models.presets import implied_pkr, params_for_pkr
-from prunebench.platform.benchmark import check_benchmark
+from prunebench.platform.benchmark_grid import check_benchmark
 
 
 def _specs(overrides):

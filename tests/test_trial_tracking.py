@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from mlflow.tracking import MlflowClient
 
 from prunebench.platform import trial_tracking
-from prunebench.platform.trial import GridTrials, TrialSpec
+from prunebench.platform.trial_spec import GridTrials, TrialSpec
 from prunebench.platform.trial_tracking import MLflowTrials, trial_run_key
 from prunebench.platform.tracking import KEY_TAG, Tracker
 

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from prunebench.errors import ConfigError
 from prunebench.models.pruning import FrameContext, Merge, MergingMethod, TokenGroups, gather_tokens

@@ -41,9 +41,6 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
-from transformers.models.mask2former.modeling_mask2former import (
-    Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention as MultiScaleDeformableAttention,
-)
 
 DEFORM_HEADS = 6
 DEFORM_POINTS = 4
@@ -92,6 +89,11 @@ class DeformableReadout(nn.Module):
         super().__init__()
         self.query_norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.value_norm = nn.LayerNorm(dim, eps=LN_EPS)
+        # transformers is imported with the first adapter built: plain-ViT models and the commands' checks skip it
+        from transformers.models.mask2former.modeling_mask2former import (
+            Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention as MultiScaleDeformableAttention,
+        )
+
         self.attn = MultiScaleDeformableAttention(dim, DEFORM_HEADS, levels, DEFORM_POINTS)
 
     def forward(self, query: Tensor, values: Tensor, reference: Tensor, shapes: Shapes, starts: Tensor) -> Tensor:
@@ -261,7 +263,7 @@ class Interaction:
         return maps[0], maps[1], maps[2], maps[3]
 
 
-def _reset_deformable(attn: MultiScaleDeformableAttention) -> None:
+def _reset_deformable(attn: nn.Module) -> None:
     """Deformable DETR's initialisation: zero offset weights, offset biases on rays (head h at angle
     2πh/heads, point p at distance p + 1), uniform attention, Xavier projections."""
     nn.init.zeros_(attn.sampling_offsets.weight)
@@ -281,8 +283,8 @@ def _reset_deformable(attn: MultiScaleDeformableAttention) -> None:
 
 def _init_weights(module: nn.Module) -> None:
     """ViT-Adapter's initialisation of its own modules (the ViT keeps its weights)."""
-    if isinstance(module, MultiScaleDeformableAttention):
-        _reset_deformable(module)  # after its Linear children, which ``apply`` visits first
+    if isinstance(module, DeformableReadout):
+        _reset_deformable(module.attn)  # after its Linear children, which ``apply`` visits first
     elif isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 from transformers import (
     Mask2FormerConfig,
@@ -23,24 +22,8 @@ from transformers import (
 from transformers.models.mask2former.modeling_mask2former import Mask2FormerPixelDecoder
 from transformers.utils import ModelOutput
 
+from prunebench.models.head_config import HeadConfig
 from prunebench.models.vit import BackboneOutput, PrunableViT
-from prunebench.validation import ConfigModel
-
-
-class HeadConfig(ConfigModel):
-    """Size of the Mask2Former head (defaults: a small head for CPU runs); a config section (``model.head``)."""
-
-    num_queries: int = Field(10, ge=1)
-    hidden_dim: int = Field(64, ge=1)
-    decoder_layers: int = Field(3, ge=1)
-    pixel_decoder_layers: int = Field(2, ge=1)
-    heads: int = Field(4, ge=1)
-    feedforward_dim: int = Field(256, ge=1)
-    train_points: int = Field(1024, ge=1)
-    class_weight: float = Field(2.0, ge=0)
-    mask_weight: float = Field(5.0, ge=0)
-    dice_weight: float = Field(5.0, ge=0)
-    no_object_weight: float = Field(0.1, ge=0)
 
 
 class SimplePyramid(nn.Module):

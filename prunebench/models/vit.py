@@ -50,6 +50,7 @@ from prunebench.models.pruning import (
     StageRecord,
     gather_tokens,
 )
+from prunebench.models.pretrained import read_timm_state
 from prunebench.models.registry import AdapterName, backbone_spec, build_method
 
 PATCH_SIZE = 16
@@ -404,21 +405,18 @@ def create_backbone(
 
 
 def load_timm_weights(model: PrunableViT, path: str) -> None:
-    """Load a local timm ViT checkpoint (safetensors or a torch file) into the backbone.
+    """Load a local timm ViT checkpoint (safetensors or a torch file) into the backbone (``read_timm_state``,
+    then ``load_timm_state``)."""
+    load_timm_state(model, read_timm_state(path), path)
+
+
+def load_timm_state(model: PrunableViT, state: dict[str, Tensor], path: str) -> None:
+    """Load a timm ViT state dict read from ``path`` into the backbone.
 
     The class token, its position-embedding entry and the classifier are dropped; position
-    embeddings are kept on their own grid and resized at run time. Read with
-    ``weights_only=True`` (no pickled code).
+    embeddings are kept on their own grid and resized at run time. ConfigError naming ``path`` when the
+    tensors do not fit the backbone.
     """
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(path) if str(path).endswith(".safetensors") else torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: pretrained weights not found") from None
-    except Exception as error:  # torch/safetensors raise several types on a bad file
-        raise ConfigError(f"{path}: cannot read pretrained weights ({error})") from None
-    state = state.get("model", state) if isinstance(state, dict) else state
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "cls_token"))}
     pos = state.get("pos_embed")
     grid = model.vit.patch_embed.grid_size

@@ -29,16 +29,15 @@ import torch
 from ray.tune import Checkpoint
 
 from prunebench.config import ExperimentConfig, load_config
-from prunebench.errors import ConfigError
 from prunebench.evaluation.vis_eval import measure_fps
-from prunebench.models.presets import params_for_pkr
-from prunebench.models.registry import backbone_spec, build_method, method_class
+from prunebench.platform.benchmark_grid import benchmark_storage, dense_reference
 from prunebench.platform.ray_train import connect_checked, join_cluster_first
 from prunebench.platform.resources import gpus_per_trial, worker_config
 from prunebench.platform.runs import cached_dense, run_params
-from prunebench.platform.sweep import Sweep, check_resumable, run_sweep
+from prunebench.platform.sweep import Sweep, run_sweep
 from prunebench.platform.tracking import Tracker, resolve_tracking_uri
-from prunebench.platform.trial import WEIGHTS, GridTrials, TrialSpec
+from prunebench.platform.trial import WEIGHTS
+from prunebench.platform.trial_spec import GridTrials, TrialSpec
 from prunebench.platform.trial_tracking import MLflowTrials, log_final
 from prunebench.reports.report import write_report
 from prunebench.training.checkpoint import read_checkpoint
@@ -46,59 +45,6 @@ from prunebench.training.protocol import load_datasets, load_model
 from prunebench.validation import to_dict
 
 log = logging.getLogger(__name__)
-
-
-def benchmark_specs(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
-    """Every trial of the benchmark: method × keep setting × seed (parameters validated)."""
-    bench = config.benchmark
-    _, dim, _, depth = backbone_spec(config.model.backbone)
-    specs = []
-    for method in bench.methods:
-        explicit = bench.params.get(method)
-        if explicit is not None:
-            if not isinstance(explicit, list) or not explicit:
-                raise ConfigError(f"benchmark.params.{method}: expected a non-empty list of parameter sets")
-            settings = [(f"set{i}", dict(p)) for i, p in enumerate(explicit)]
-        else:
-            fixed = bench.fixed.get(method, {})
-            settings = [(f"{pkr:.2f}", params_for_pkr(method, pkr, base=fixed)) for pkr in bench.settings]
-        for setting, params in settings:
-            build_method(method, params, dim, depth)  # one line naming a bad parameter, before anything starts
-            specs += [TrialSpec(f"{method}-{setting}-s{seed}", method, params, seed,
-                                {"setting": setting, "benchmark": config.name}) for seed in bench.seeds]
-    return tuple(specs)
-
-
-def check_benchmark(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
-    """Validate the benchmark section; return its trials."""
-    bench = config.benchmark
-    if not bench.methods or not bench.seeds or not bench.goals:
-        raise ConfigError("benchmark: methods, seeds and goals must each name at least one entry")
-    for method in bench.fixed:  # a preset may fix methods that a variant of it leaves out of its grid
-        try:
-            method_class(method)
-        except ConfigError as error:
-            raise ConfigError(f"benchmark.fixed: {error}") from None
-        if method in bench.params:
-            raise ConfigError(f"benchmark.fixed.{method}: {method} also has explicit benchmark.params; "
-                              "allowed: one of the two per method")
-    if bench.cpus_per_trial < 1:
-        raise ConfigError(f"benchmark.cpus_per_trial={bench.cpus_per_trial}; allowed: an integer >= 1")
-    if len(set(bench.seeds)) != len(bench.seeds):
-        raise ConfigError(f"benchmark.seeds={list(bench.seeds)} repeats a seed; allowed: distinct seeds")
-    for goal in bench.goals:
-        if not 0 < goal < 1:
-            raise ConfigError(f"benchmark.goals: {goal}; allowed: PKR fractions in (0, 1)")
-        if bench.settings and not min(bench.settings) < goal < max(bench.settings):
-            raise ConfigError(f"benchmark.settings={list(bench.settings)} do not bracket the goal PKR {goal}; "
-                              "allowed: settings on both sides of every goal")
-    gpus_per_trial(config, bench.gpus_per_trial)
-    return benchmark_specs(config)
-
-
-def dense_reference(config: ExperimentConfig) -> TrialSpec:
-    """The dense model as a trial of the grid: evaluated as it is, on the cluster like every other model."""
-    return TrialSpec("dense", "dense", {}, config.seed, {"setting": "dense"}, finetune=False)
 
 
 def _time_checkpoints(experiment: dict[str, Any], checkpoints: list[tuple[str, Checkpoint]]) -> dict[str, dict[str, float]]:
@@ -126,16 +72,14 @@ def time_models(config: ExperimentConfig, tracker: Tracker, rows: list[tuple[str
         tracker.log_metrics(run, fps)
 
 
-def run_benchmark(config: ExperimentConfig, resume: bool = False, tracking_uri: str | None = None,
-                  address: str | None = None, storage_path: str | None = None,
-                  specs: tuple[TrialSpec, ...] | None = None) -> dict[str, Any]:
-    """The leaderboard run (see the module docstring); ``specs`` replaces the benchmark grid (the demo's rows)."""
+def run_benchmark(config: ExperimentConfig, specs: tuple[TrialSpec, ...], resume: bool = False,
+                  tracking_uri: str | None = None, address: str | None = None,
+                  storage_path: str | None = None) -> dict[str, Any]:
+    """The leaderboard run (see the module docstring) of ``specs``: the grid ``check_benchmark`` returned (which
+    also checked that a ``resume`` has something to resume), or the demo's rows."""
     begin = time.perf_counter()
-    specs = check_benchmark(config) if specs is None else specs
     out = Path(config.out)
-    storage = storage_path or str((out / "ray_results").resolve())
-    if resume:
-        check_resumable(storage, config.name)
+    storage = benchmark_storage(config, storage_path)
     gpus = gpus_per_trial(config, config.benchmark.gpus_per_trial)
     join_cluster_first(address, gpus)
     train_set, valid_set = load_datasets(config)  # reads and checks the data (generates synthetic data once)

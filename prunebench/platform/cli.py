@@ -79,13 +79,15 @@ def _add_flops(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_flops(args: argparse.Namespace) -> dict[str, Any]:
-    from prunebench.evaluation.cost import measure_flops
     from prunebench.platform.preflight import check_model
 
     params = parse_assignments(args.params)
     check_model(args.backbone, args.method, params)
     if args.max_frames < 1:
         raise ConfigError(f"--max-frames {args.max_frames}: allowed: an integer >= 1")
+
+    from prunebench.evaluation.cost import measure_flops  # the model: once the inputs passed
+
     return measure_flops(
         backbone=args.backbone,
         method=args.method,
@@ -267,11 +269,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.config import load_config
     from prunebench.platform.preflight import check_evaluated, check_experiment
-    from prunebench.platform.runs import evaluate_logged
 
     config = load_config(args.config, parse_assignments(args.overrides))
     check_experiment(config, method=False, ray=False)
     check_evaluated(config, args.checkpoint)
+
+    from prunebench.platform.runs import evaluate_logged  # the model, MLflow: once the inputs passed
+
     return evaluate_logged(config, args.checkpoint, args.out, timing=not args.no_timing, tracking_uri=args.tracking_uri)
 
 
@@ -295,12 +299,9 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from prunebench.config import load_config
-    from prunebench.data.pipeline import cycled_frames
-    from prunebench.evaluation.bench import compare, preset_model
     from prunebench.models.presets import params_for_target, pruning_methods
     from prunebench.platform.preflight import check_model
     from prunebench.precision import check_precision
-    from prunebench.training.protocol import load_datasets
 
     config = load_config(args.config, parse_assignments(args.overrides))
     for method in pruning_methods():
@@ -308,6 +309,11 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     check_precision(config.precision, "cpu")  # bench times on the CPU whatever the config's device
     if args.frames < 1 or args.warmup < 0:
         raise ConfigError(f"--frames {args.frames} / --warmup {args.warmup}: allowed: frames >= 1, warmup >= 0")
+
+    from prunebench.data.pipeline import cycled_frames  # the data and the models: once the inputs passed
+    from prunebench.evaluation.bench import compare, preset_model
+    from prunebench.training.protocol import load_datasets
+
     _, valid = load_datasets(config, need=("valid",))
     torch.set_num_threads(config.eval.threads)
     frames = list(itertools.islice(cycled_frames(valid.videos, config.data.max_size), args.frames + args.warmup))
@@ -350,7 +356,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 def _run_tune(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.config import load_config
     from prunebench.platform import preflight
-    from prunebench.platform.study import check_study, run_study
+    from prunebench.platform.study_checks import check_study
     from prunebench.platform.tracking import resolve_tracking_uri
 
     config = load_config(args.config, parse_assignments(args.overrides))
@@ -369,6 +375,8 @@ def _run_tune(args: argparse.Namespace) -> dict[str, Any]:
         load_datasets(config)  # bad or empty splits stop before Ray starts
         connect(args.address)
         dense = str(cached_dense(config, Tracker(uri), None, uri, args.address).checkpoint)
+    from prunebench.platform.study import run_study
+
     return run_study(args.space, config, dense, uri,
                      num_samples=args.num_samples, objective=args.objective, name=args.name, resume=args.resume,
                      address=args.address, cpus_per_trial=args.cpus_per_trial, reports=args.reports, seed=config.seed,
@@ -447,6 +455,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
 
 def _run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.config import load_config
+    from prunebench.platform.benchmark_grid import check_benchmark
     from prunebench.platform.preflight import check_experiment
 
     overrides = parse_assignments(args.overrides)
@@ -457,11 +466,12 @@ def _run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         if "data.root" not in overrides and load_config(args.config).data.synth is not None:
             overrides["data.root"] = f"{args.out}/data"  # generated data lives with the run
     config = load_config(args.config, overrides)
-    check_experiment(config, args.address, method=False)  # run_benchmark checks its methods and settings
+    check_experiment(config, args.address, method=False)
+    specs = check_benchmark(config, args.resume, args.storage_path)
 
-    from prunebench.platform.benchmark import run_benchmark
+    from prunebench.platform.benchmark import run_benchmark  # Ray, MLflow and the model: once the inputs passed
 
-    result = run_benchmark(config, resume=args.resume, tracking_uri=args.tracking_uri, address=args.address,
+    result = run_benchmark(config, specs, resume=args.resume, tracking_uri=args.tracking_uri, address=args.address,
                            storage_path=args.storage_path)
     print(result.pop("table"), file=sys.stderr if args.json else sys.__stdout__, flush=True)
     return result
@@ -483,14 +493,16 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.config import load_config
     from prunebench.platform.preflight import check_experiment
+    from prunebench.platform.resources import gpus_per_trial
 
     overrides = {"out": args.out, "data.root": f"{args.out}/data", **parse_assignments(args.overrides)}
     if args.gpus_per_trial is not None:
         overrides["benchmark.gpus_per_trial"] = args.gpus_per_trial
     config = load_config("demo", overrides)
     check_experiment(config, args.address, method=False)
+    gpus_per_trial(config, config.benchmark.gpus_per_trial)
 
-    from prunebench.platform.runs import run_demo
+    from prunebench.platform.runs import run_demo  # Ray, MLflow and the model: once the inputs passed
 
     result = run_demo(config, args.tracking_uri, args.address)
     print(result.pop("table"), file=sys.stderr if args.json else sys.__stdout__, flush=True)

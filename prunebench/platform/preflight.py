@@ -18,8 +18,8 @@ from typing import Any
 
 from prunebench.config import ExperimentConfig
 from prunebench.errors import ConfigError
+from prunebench.models.pretrained import read_timm_state
 from prunebench.models.registry import backbone_spec, build_method, method_names
-from prunebench.models.vit import create_backbone, load_timm_weights
 from prunebench.platform.resources import check_local_gpu
 from prunebench.precision import check_precision
 from prunebench.training.checkpoint import check_backbone, method_params
@@ -36,7 +36,10 @@ def check_model(backbone: str, method: str, params: Mapping[str, Any] | None) ->
 
 def check_pretrained(path: str, backbone: str) -> None:
     """``model.pretrained`` exists, reads as a timm ViT state dict, and its tensors fit ``backbone``."""
-    load_timm_weights(create_backbone(backbone), path)
+    state = read_timm_state(path)  # a missing or unreadable file is refused before timm is imported
+    from prunebench.models.vit import create_backbone, load_timm_state
+
+    load_timm_state(create_backbone(backbone), state, path)
 
 
 def check_experiment(config: ExperimentConfig, address: str | None = None, method: bool = True,

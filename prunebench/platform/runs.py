@@ -27,7 +27,7 @@ from prunebench.models.presets import PKR_TARGETS, params_for_target, pruning_me
 from prunebench.platform.dense_cache import DenseModel, dense_model
 from prunebench.platform.ray_train import Scaling, connect_checked, join_cluster_first, train_on_ray
 from prunebench.platform.tracking import Tracker, flatten, hardware, params_key, resolve_tracking_uri
-from prunebench.platform.trial import TrialSpec
+from prunebench.platform.trial_spec import TrialSpec
 from prunebench.reports.report import write_report
 from prunebench.training.checkpoint import code_version, read_meta
 from prunebench.training.protocol import evaluate_checkpoint, load_datasets

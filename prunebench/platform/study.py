@@ -28,19 +28,16 @@ from ray.tune.search.optuna import OptunaSearch
 from prunebench.config import ExperimentConfig
 from prunebench.errors import ConfigError
 from prunebench.platform.ray_train import connect_checked, join_cluster_first
-from prunebench.platform.resources import gpus_per_trial
-from prunebench.platform.sweep import Sweep, check_resumable, run_sweep
+from prunebench.platform.study_checks import check_study
+from prunebench.platform.sweep import Sweep, run_sweep
 from prunebench.platform.tracking import Tracker, flatten, hardware
-from prunebench.platform.trial import TrialSpec
+from prunebench.platform.trial_spec import TrialSpec
 from prunebench.platform.trial_tracking import MLflowTrials, log_final
 from prunebench.reports.pareto import pareto_front
-from prunebench.search_spaces.loader import SearchSpace, load_space
+from prunebench.search_spaces.loader import SearchSpace
 from prunebench.training.checkpoint import code_version
 from prunebench.training.protocol import load_datasets
 from prunebench.validation import to_dict
-
-OBJECTIVES = ("pkr", "gmacs")
-
 
 @dataclass(frozen=True)
 class SpaceTrials:
@@ -52,33 +49,6 @@ class SpaceTrials:
     def __call__(self, sampled: dict[str, Any]) -> TrialSpec:
         method = self.space.method
         return TrialSpec(method, method, self.space.method_params(sampled), self.seed)
-
-
-@dataclass(frozen=True)
-class CheckedStudy:
-    """What ``check_study`` resolved: the space, the GPUs per trial, the study's name and its Ray storage."""
-
-    space: SearchSpace
-    gpus: float
-    name: str
-    storage: str
-
-
-def check_study(space_source: str, config: ExperimentConfig, objective: str, num_samples: int, cpus_per_trial: int,
-                reports: int, gpus: float | None, name: str | None, storage_path: str | None,
-                resume: bool) -> CheckedStudy:
-    """Everything a study is told, checked before anything starts (and before the dense model is trained)."""
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"--objective {objective}: allowed: {', '.join(OBJECTIVES)}")
-    if num_samples < 1 or cpus_per_trial < 1 or reports < 1:
-        raise ConfigError(f"--num-samples {num_samples} / --cpus-per-trial {cpus_per_trial} / --reports {reports}: "
-                          "allowed: integers >= 1")
-    space = load_space(space_source)
-    study = CheckedStudy(space, gpus_per_trial(config, gpus), name or f"tune-{space.method}",
-                         storage_path or str(Path(config.out).resolve() / "ray_results"))
-    if resume:
-        check_resumable(study.storage, study.name)
-    return study
 
 
 def run_study(

@@ -23,8 +23,9 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from prunebench.config import ExperimentConfig
-from prunebench.errors import ConfigError
-from prunebench.platform.trial import Describe, trial_function
+from prunebench.platform.resume import experiment_path
+from prunebench.platform.trial import trial_function
+from prunebench.platform.trial_spec import Describe
 from prunebench.progress import Progress
 from prunebench.validation import to_dict
 
@@ -43,17 +44,6 @@ class Sweep:
     num_samples: int = 1
     search_alg: Any = None
     scheduler: Any = None
-
-
-def experiment_path(storage: str, name: str) -> str:
-    """Where Tune keeps a sweep (local folder or URI)."""
-    return f"{storage.rstrip('/')}/{name}"
-
-
-def check_resumable(storage: str, name: str) -> None:
-    """ConfigError unless a sweep ``name`` exists under ``storage`` to be resumed."""
-    if not tune.Tuner.can_restore(experiment_path(storage, name)):
-        raise ConfigError(f"--resume: nothing named '{name}' to resume under {storage}")
 
 
 class TrialProgress(tune.Callback):

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from prunebench.evaluation.plots import keep_mask_figure
 from prunebench.evaluation.vis_eval import evaluate
 from prunebench.platform.ray_train import worker_logging
 from prunebench.platform.resources import worker_config
+from prunebench.platform.trial_spec import Describe, TrialSpec
 from prunebench.training.checkpoint import save_checkpoint
 from prunebench.training.convergence import Window
 from prunebench.training.loop import StepMetrics, mean_metrics, train_steps
@@ -43,44 +42,6 @@ from prunebench.validation import to_dict
 WEIGHTS = "model.safetensors"
 RESULTS = "results.json"
 KEEP_MASKS = "keep_masks.png"
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """What one trial fine-tunes, and how MLflow names and tags it.
-
-    Attributes:
-        label: unique within a sweep, e.g. ``vpp-p0.47-s1``.
-        method, params: the pruning method and its parameters.
-        seed: the fine-tuning and evaluation seed.
-        tags: extra MLflow tags (``target`` of a demo row, ``setting`` of a benchmark point, ...).
-        finetune: False for the dense reference, which is evaluated as it is.
-    """
-
-    label: str
-    method: str
-    params: dict[str, Any]
-    seed: int
-    tags: dict[str, str] = field(default_factory=dict)
-    finetune: bool = True
-
-
-#: how a sweep turns a Tune trial config into its TrialSpec (a grid label, or sampled parameters)
-Describe = Callable[[dict[str, Any]], TrialSpec]
-
-
-@dataclass(frozen=True)
-class GridTrials:
-    """A fixed list of trials run as a Tune grid over their labels (demo, benchmark)."""
-
-    specs: tuple[TrialSpec, ...]
-
-    def param_space(self) -> dict[str, Any]:
-        """The Tune grid over the labels."""
-        return {"trial": tune.grid_search([s.label for s in self.specs])}
-
-    def __call__(self, config: dict[str, Any]) -> TrialSpec:
-        return next(s for s in self.specs if s.label == config["trial"])
 
 
 def window_metrics(mean: StepMetrics) -> dict[str, float]:

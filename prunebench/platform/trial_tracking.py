@@ -33,7 +33,8 @@ from typing import Any
 from ray import tune
 
 from prunebench.platform.tracking import KEY_TAG, Tracker, numeric_metrics
-from prunebench.platform.trial import KEEP_MASKS, RESULTS, WEIGHTS, Describe, final_report
+from prunebench.platform.trial import KEEP_MASKS, RESULTS, WEIGHTS, final_report
+from prunebench.platform.trial_spec import Describe
 
 LOGGED_TAG = "prunebench.logged"
 DRIVER_TAG = "prunebench.driver"

@@ -1,0 +1,77 @@
+"""The benchmark's grid (methods × keep settings × seeds) and every check of it: light enough to run
+before Ray or MLflow start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prunebench.config import ExperimentConfig
+from prunebench.errors import ConfigError
+from prunebench.models.presets import params_for_pkr
+from prunebench.models.registry import backbone_spec, build_method, method_class
+from prunebench.platform.resources import gpus_per_trial
+from prunebench.platform.resume import check_resumable
+from prunebench.platform.trial_spec import TrialSpec
+
+
+def benchmark_specs(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
+    """Every trial of the benchmark: method × keep setting × seed (parameters validated)."""
+    bench = config.benchmark
+    _, dim, _, depth = backbone_spec(config.model.backbone)
+    specs = []
+    for method in bench.methods:
+        explicit = bench.params.get(method)
+        if explicit is not None:
+            if not isinstance(explicit, list) or not explicit:
+                raise ConfigError(f"benchmark.params.{method}: expected a non-empty list of parameter sets")
+            settings = [(f"set{i}", dict(p)) for i, p in enumerate(explicit)]
+        else:
+            fixed = bench.fixed.get(method, {})
+            settings = [(f"{pkr:.2f}", params_for_pkr(method, pkr, base=fixed)) for pkr in bench.settings]
+        for setting, params in settings:
+            build_method(method, params, dim, depth)  # one line naming a bad parameter, before anything starts
+            specs += [TrialSpec(f"{method}-{setting}-s{seed}", method, params, seed,
+                                {"setting": setting, "benchmark": config.name}) for seed in bench.seeds]
+    return tuple(specs)
+
+
+def benchmark_storage(config: ExperimentConfig, storage_path: str | None = None) -> str:
+    """Where Ray keeps the benchmark's trials and checkpoints: ``storage_path``, or ``<out>/ray_results``."""
+    return storage_path or str((Path(config.out) / "ray_results").resolve())
+
+
+def check_benchmark(config: ExperimentConfig, resume: bool = False,
+                    storage_path: str | None = None) -> tuple[TrialSpec, ...]:
+    """Validate the benchmark section (and, with ``resume``, that there is a benchmark to resume in its
+    storage); return its trials."""
+    bench = config.benchmark
+    if not bench.methods or not bench.seeds or not bench.goals:
+        raise ConfigError("benchmark: methods, seeds and goals must each name at least one entry")
+    for method in bench.fixed:  # a preset may fix methods that a variant of it leaves out of its grid
+        try:
+            method_class(method)
+        except ConfigError as error:
+            raise ConfigError(f"benchmark.fixed: {error}") from None
+        if method in bench.params:
+            raise ConfigError(f"benchmark.fixed.{method}: {method} also has explicit benchmark.params; "
+                              "allowed: one of the two per method")
+    if bench.cpus_per_trial < 1:
+        raise ConfigError(f"benchmark.cpus_per_trial={bench.cpus_per_trial}; allowed: an integer >= 1")
+    if len(set(bench.seeds)) != len(bench.seeds):
+        raise ConfigError(f"benchmark.seeds={list(bench.seeds)} repeats a seed; allowed: distinct seeds")
+    for goal in bench.goals:
+        if not 0 < goal < 1:
+            raise ConfigError(f"benchmark.goals: {goal}; allowed: PKR fractions in (0, 1)")
+        if bench.settings and not min(bench.settings) < goal < max(bench.settings):
+            raise ConfigError(f"benchmark.settings={list(bench.settings)} do not bracket the goal PKR {goal}; "
+                              "allowed: settings on both sides of every goal")
+    gpus_per_trial(config, bench.gpus_per_trial)
+    specs = benchmark_specs(config)
+    if resume:
+        check_resumable(benchmark_storage(config, storage_path), config.name)
+    return specs
+
+
+def dense_reference(config: ExperimentConfig) -> TrialSpec:
+    """The dense model as a trial of the grid: evaluated as it is, on the cluster like every other model."""
+    return TrialSpec("dense", "dense", {}, config.seed, {"setting": "dense"}, finetune=False)
