@@ -1,4 +1,4 @@
-"""``benchmark.fixed``: parameters a method holds at every keep setting of the benchmark grid."""
+"""``benchmark.fixed``: parameters a method holds at every keep setting of the benchmark grid; the CPU presets' grids."""
 
 import pytest
 
@@ -58,3 +58,15 @@ def test_cpu_presets_weight_the_ratio_losses_for_this_task_loss(preset):
             weights.setdefault(spec.method, set()).add(spec.params.get("ratio_weight"))
     expected = {"dynamicvit": {20.0}, "tps": {80.0}, "svit": {20.0}}
     assert "dynamicvit" in weights and weights == {method: expected[method] for method in weights}
+
+
+def test_merging_preset_brackets_both_goals_with_every_method():
+    config = load_config("benchmark-cpu-merging")
+    specs = check_benchmark(config)
+    assert {spec.method for spec in specs} == {"evit", "tome", "random"}
+    for method in ("evit", "tome"):
+        pkrs = {round(implied_pkr(method, spec.params), 2) for spec in specs if spec.method == method}
+        for goal in config.benchmark.goals:
+            assert min(pkrs) < goal < max(pkrs), (method, sorted(pkrs), goal)
+    evit = sorted(round(implied_pkr("evit", spec.params), 2) for spec in specs if spec.method == "evit" and spec.seed == 0)
+    assert evit == [0.36, 0.50, 0.70]

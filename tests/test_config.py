@@ -36,8 +36,8 @@ def test_relative_paths_become_absolute_against_the_working_directory(tmp_path, 
     assert load_config(to_dict(config)) == config
 
 
-@pytest.mark.parametrize("preset", ["demo", "benchmark-tiny", "benchmark-cpu", "benchmark-cpu-adapter", "paper-tiny",
-                                    "paper-small"])
+@pytest.mark.parametrize("preset", ["demo", "benchmark-tiny", "benchmark-cpu", "benchmark-cpu-adapter",
+                                    "benchmark-cpu-merging", "paper-tiny", "paper-small"])
 def test_preset_to_dict_to_config_round_trip(preset):
     config = load_config(preset, {"method.name": "vpp", "method.params": {"kappa": 0.6, "sm_positions": [4, 7]}})
     plain = to_dict(config)
