@@ -1,8 +1,8 @@
 """``prunebench benchmark``: the leaderboard run.
 
 1. Everything the run needs is checked first (the model, pretrained weights and device by
-   ``platform.preflight``; methods, every parameter set, the goals bracketed by the settings, the
-   data), before Ray or MLflow start.
+   ``platform.preflight``; methods, every parameter set, the goals bracketed by the settings and a
+   ``--resume`` target by ``platform.benchmark_grid``; the data here), before Ray or MLflow start.
 2. The dense model comes from the content-keyed cache or is trained once on Ray Train
    (``platform.dense_cache``).
 3. A Ray Tune grid of the dense reference (evaluated as it is) and methods × keep settings × seeds:
