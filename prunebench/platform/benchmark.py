@@ -30,10 +30,11 @@ from ray.tune import Checkpoint
 
 from prunebench.config import ExperimentConfig, load_config
 from prunebench.evaluation.vis_eval import measure_fps
-from prunebench.platform.benchmark_grid import benchmark_storage, dense_reference
+from prunebench.platform.benchmark_grid import dense_reference
 from prunebench.platform.ray_train import connect_checked, join_cluster_first
 from prunebench.platform.resources import gpus_per_trial, worker_config
 from prunebench.platform.runs import cached_dense, run_params
+from prunebench.platform.resume import ray_storage
 from prunebench.platform.sweep import Sweep, run_sweep
 from prunebench.platform.tracking import Tracker, resolve_tracking_uri
 from prunebench.platform.trial import WEIGHTS
@@ -79,7 +80,7 @@ def run_benchmark(config: ExperimentConfig, specs: tuple[TrialSpec, ...], resume
     also checked that a ``resume`` has something to resume), or the demo's rows."""
     begin = time.perf_counter()
     out = Path(config.out)
-    storage = benchmark_storage(config, storage_path)
+    storage = ray_storage(config.out, storage_path)
     gpus = gpus_per_trial(config, config.benchmark.gpus_per_trial)
     join_cluster_first(address, gpus)
     train_set, valid_set = load_datasets(config)  # reads and checks the data (generates synthetic data once)

@@ -3,14 +3,13 @@ before Ray or MLflow start."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from prunebench.config import ExperimentConfig
 from prunebench.errors import ConfigError
 from prunebench.models.presets import params_for_pkr
 from prunebench.models.registry import backbone_spec, build_method, method_class
 from prunebench.platform.resources import gpus_per_trial
-from prunebench.platform.resume import check_resumable
+from prunebench.platform.resume import check_resumable, ray_storage
 from prunebench.platform.trial_spec import TrialSpec
 
 
@@ -33,11 +32,6 @@ def benchmark_specs(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
             specs += [TrialSpec(f"{method}-{setting}-s{seed}", method, params, seed,
                                 {"setting": setting, "benchmark": config.name}) for seed in bench.seeds]
     return tuple(specs)
-
-
-def benchmark_storage(config: ExperimentConfig, storage_path: str | None = None) -> str:
-    """Where Ray keeps the benchmark's trials and checkpoints: ``storage_path``, or ``<out>/ray_results``."""
-    return storage_path or str((Path(config.out) / "ray_results").resolve())
 
 
 def check_benchmark(config: ExperimentConfig, resume: bool = False,
@@ -68,7 +62,7 @@ def check_benchmark(config: ExperimentConfig, resume: bool = False,
     gpus_per_trial(config, bench.gpus_per_trial)
     specs = benchmark_specs(config)
     if resume:
-        check_resumable(benchmark_storage(config, storage_path), config.name)
+        check_resumable(ray_storage(config.out, storage_path), config.name)
     return specs
 
 

@@ -38,6 +38,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from prunebench.atomic import atomic_path
 from prunebench.config import ExperimentConfig, load_config
 from prunebench.platform.resources import check_cluster_gpus, process_group_backend, worker_config
+from prunebench.platform.resume import ray_storage
 from prunebench.training.checkpoint import CODE_VERSION_ENV, code_version, read_checkpoint, save_checkpoint
 from prunebench.training.loop import StepMetrics, mean_metrics, train_steps
 from prunebench.training.protocol import log_progress, prepare_stage
@@ -208,7 +209,7 @@ def train_on_ray(
 ) -> StageResult:
     """Run one stage on a ``TorchTrainer``; copy the final weights to ``out`` atomically. ``meta`` is added
     to the checkpoint's metadata (e.g. the MLflow run that trains it)."""
-    storage = storage_path or str((Path(config.out) / "ray_results").resolve())
+    storage = ray_storage(config.out, storage_path)
     init = None if init_checkpoint is None else ray.put(Path(init_checkpoint).read_bytes())  # to workers on any node
     meta = {**(meta or {}), "init_checkpoint": None if init_checkpoint is None else str(init_checkpoint)}
     run_name = name or f"{config.name}-{stage}-{config.method.name if stage == 'finetune' else 'dense'}"

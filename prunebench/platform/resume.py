@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ray import tune
 
 from prunebench.errors import ConfigError
+
+
+def ray_storage(out: str, storage_path: str | None = None) -> str:
+    """Where Ray keeps a command's trials and checkpoints: ``storage_path`` (a folder or URI), or
+    ``<out>/ray_results``."""
+    return storage_path or str((Path(out) / "ray_results").resolve())
 
 
 def experiment_path(storage: str, name: str) -> str:

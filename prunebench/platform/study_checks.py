@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from prunebench.config import ExperimentConfig
 from prunebench.errors import ConfigError
 from prunebench.platform.resources import gpus_per_trial
-from prunebench.platform.resume import check_resumable
+from prunebench.platform.resume import check_resumable, ray_storage
 from prunebench.search_spaces.loader import SearchSpace, load_space
 
 OBJECTIVES = ("pkr", "gmacs")
@@ -35,7 +34,7 @@ def check_study(space_source: str, config: ExperimentConfig, objective: str, num
                           "allowed: integers >= 1")
     space = load_space(space_source)
     study = CheckedStudy(space, gpus_per_trial(config, gpus), name or f"tune-{space.method}",
-                         storage_path or str(Path(config.out).resolve() / "ray_results"))
+                         ray_storage(config.out, storage_path))
     if resume:
         check_resumable(study.storage, study.name)
     return study
