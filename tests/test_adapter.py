@@ -11,6 +11,7 @@ from prunebench.errors import ConfigError
 from prunebench.evaluation.cost import measure_flops
 from prunebench.evaluation.flops import count_macs
 from prunebench.models import create_backbone
+from prunebench.models.merging import TokenSequence
 from prunebench.models.pruning import PruningMethod, Selection
 from prunebench.models.vis_model import HeadConfig, VISModel
 from prunebench.models.vit import PrunableViT
@@ -99,6 +100,8 @@ def test_masked_and_gather_paths_agree_with_adapter(batch):
         ("dynamicvit", {"rho": 0.7}),
         ("tps", {"rho": 0.7}),
         ("random", {"rho": 0.7}),
+        ("evit", {"kappa": 0.7}),
+        ("tome", {"r": 4}),
     ],
 )
 def test_every_method_prunes_through_the_adapter(method, params):
@@ -116,10 +119,12 @@ def test_every_method_prunes_through_the_adapter(method, params):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["vpp", "svit", "dynamicvit", "tps"])
-def test_gradients_reach_the_adapter_and_every_selector(method):
+@pytest.mark.parametrize(
+    "method, params", [("vpp", None), ("svit", None), ("dynamicvit", None), ("tps", None), ("evit", None), ("tome", {"r": 2})]
+)
+def test_gradients_reach_the_adapter_and_every_selector(method, params):
     torch.manual_seed(0)
-    model = as_trained(create_backbone("vit_tiny", method, adapter="vit_adapter").train())
+    model = as_trained(create_backbone("vit_tiny", method, params, adapter="vit_adapter").train())
     g = torch.Generator().manual_seed(5)
     frames = torch.randn(2, 2, 3, 64, 64, generator=g)  # 2 frames of 2 streams
     state, total = None, 0.0
@@ -133,6 +138,46 @@ def test_gradients_reach_the_adapter_and_every_selector(method):
     for part in (model.adapter, model.method):
         missing = [n for n, p in part.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
         assert not missing, missing
+
+
+@pytest.mark.parametrize("method, params", [("evit", {"kappa": 1.0}), ("tome", {"r": 0})])
+def test_merging_method_that_keeps_every_token_is_the_dense_adapter_backbone(method, params):
+    dense = as_trained(create_backbone("vit_tiny", "dense", adapter="vit_adapter").eval())
+    merging = create_backbone("vit_tiny", method, params, adapter="vit_adapter").eval()
+    merging.load_state_dict(dense.state_dict())
+    images = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected, out = dense(images), merging(images)
+    torch.testing.assert_close(out.features, expected.features, rtol=1e-5, atol=1e-5)
+    for a, b in zip(out.pyramid, expected.pyramid):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_injector_reaches_patches_that_left_a_merging_sequence():
+    """EViT drops tokens inside block 3; their patches still take the injectors of stages 2 and 3 (blocks 6, 9)."""
+    torch.manual_seed(0)
+    model = as_trained(create_backbone("vit_tiny", "evit", {"kappa": 0.7}, adapter="vit_adapter").eval())
+    images = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(7))
+    out = model(images)
+    dropped = int((out.block_keep[4, 0] == 0).nonzero()[0, 0])
+    wrt = [model.adapter.stages[s].injector.gamma for s in (1, 2, 3)]
+    readout = torch.randn(192, generator=torch.Generator().manual_seed(8))  # a plain sum of a LayerNorm's output is constant
+    grads = torch.autograd.grad((out.features.flatten(2)[0, :, dropped] * readout).sum(), wrt)
+    assert all(g.abs().sum() > 0 for g in grads)  # before it left (stage 1) and after (stages 2, 3)
+
+
+def test_a_merged_token_takes_the_mean_of_its_patches_injected_features():
+    # 4 patches: 0 and 1 merged into token 0, patch 2 alone in token 1, patch 3 off the sequence; token 2 has no patch
+    tokens = torch.arange(3 * 2, dtype=torch.float32).reshape(1, 3, 2)
+    sequence = TokenSequence(
+        tokens, size=torch.tensor([[2.0, 1.0, 0.0]]), cell=torch.tensor([[0, 2, -1]]),
+        source=torch.tensor([[0, 0, 1, -1]]), frozen=torch.full((1, 4, 2), -1.0),
+    )
+    full = torch.tensor([[[10.0, 20.0], [30.0, 40.0], [50.0, 60.0], [70.0, 80.0]]])
+    rewritten = sequence.rewritten(full)
+    torch.testing.assert_close(rewritten.tokens, torch.tensor([[[20.0, 30.0], [50.0, 60.0], [4.0, 5.0]]]))
+    torch.testing.assert_close(rewritten.frozen[0, 3], full[0, 3])
+    torch.testing.assert_close(rewritten.unmerged(), torch.tensor([[[20.0, 30.0], [20.0, 30.0], [50.0, 60.0], [70.0, 80.0]]]))
 
 
 @pytest.mark.parametrize("size, grid", [((128, 224), (8, 14)), ((80, 96), (5, 6))])
@@ -178,10 +223,10 @@ def test_deformable_attention_is_counted():
     assert macs.within("PrunableViT.adapter.stages.0.injector") == expected
 
 
-def test_adapter_cost_is_reported_apart_and_included():
-    params = {"rho": 0.7}
-    plain = measure_flops("vit_tiny", "dynamicvit", params, (64, 96))
-    adapted = measure_flops("vit_tiny", "dynamicvit", params, (64, 96), adapter="vit_adapter")
+@pytest.mark.parametrize("method, params", [("dynamicvit", {"rho": 0.7}), ("evit", {"kappa": 0.7}), ("tome", {"r": 2})])
+def test_adapter_cost_is_reported_apart_and_included(method, params):
+    plain = measure_flops("vit_tiny", method, params, (64, 96))
+    adapted = measure_flops("vit_tiny", method, params, (64, 96), adapter="vit_adapter")
     assert "gmacs_adapter" not in plain and "adapter_params" not in plain
     assert adapted["adapter_params"] == 2_438_192
     # the whole backbone = the plain ViT with its pruner (same kept counts) + the adapter

@@ -207,9 +207,3 @@ def test_search_spaces_load(name):
 
     space = load_space(name)
     assert space.method == name and space.dimensions
-
-
-@pytest.mark.parametrize("method", ["evit", "tome"])
-def test_merging_method_inside_the_adapter_is_refused(method):
-    with pytest.raises(ConfigError, match="model.adapter=none for merging methods"):
-        create_backbone("vit_tiny", method, adapter="vit_adapter")

@@ -30,7 +30,9 @@ Pruning: ``PrunableViT`` calls ``Interaction.before_block`` on the full N-token 
 paths, so the injectors update every token, pruned ones included (on the gather path the blocks then
 gather the kept tokens of that updated map once for the stage); the blocks still run on the kept tokens
 only; the extractors read the full map, pruned tokens with their frozen values (on the gather path the
-stage's compact sequence is scattered back into it once, before them).
+stage's compact sequence is scattered back into it once, before them). Merging methods (EViT, ToMe)
+hand the adapter the same dense map; a token of their shortened sequence takes the mean of its
+patches' injected features (``prunebench.models.merging``).
 """
 
 from __future__ import annotations

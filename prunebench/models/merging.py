@@ -9,6 +9,13 @@ a merged token is copied back to all its sources) or its frozen features (EViT's
 frozen like the pruned tokens of the other methods). A token without a patch (EViT's fused token)
 is dropped at the output.
 
+With ViT-Adapter (``model.adapter: vit_adapter``) the injector before each interaction stage updates
+the dense map, as it does for the pruning methods: every patch gets its own update; a patch off the
+sequence keeps its updated features (frozen again until the next injector); a token of the sequence
+takes the mean of its patches' updated features (for a token of one patch, exactly that patch's; for
+a ToMe token standing for several, their mean, which is what merging those patches would give);
+a token without a patch (EViT's fused token) is not updated. The extractors read the dense map.
+
 Every sample keeps the same number of tokens per block, so a batch needs no padding, and the
 masked and gather paths are one and the same computation for these methods. Gradients reach the
 backbone through the merged features (nothing here is a hard mask with a straight-through
@@ -18,11 +25,15 @@ estimator: merging methods have no selectors).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from prunebench.models.pruning import FrameContext, Merge, MergingMethod, StageRecord, TokenGroups, gather_tokens
+
+if TYPE_CHECKING:
+    from prunebench.models.adapter import Interaction
 
 
 @dataclass
@@ -79,14 +90,28 @@ class TokenSequence:
         cell = torch.where(merge.host >= 0, self.cell.gather(1, merge.host.clamp(min=0)), -1)
         return TokenSequence(merge.tokens, size, cell, source, frozen)
 
+    def rewritten(self, full: Tensor) -> TokenSequence:
+        """The sequence after the dense map became ``full`` ``(B, N, D)``: each token the mean of its
+        patches' new features (a token without patches unchanged), each patch off the sequence its own."""
+        carried = self.source >= 0
+        weight = carried.to(full.dtype)
+        slot = self.source.clamp(min=0)
+        total = torch.zeros_like(self.tokens).scatter_add_(1, slot[..., None].expand_as(full), full * weight[..., None])
+        count = weight.new_zeros(self.tokens.shape[:2]).scatter_add_(1, slot, weight)
+        tokens = torch.where(count[..., None] > 0, total / count.clamp(min=1)[..., None], self.tokens)
+        return replace(self, tokens=tokens, frozen=torch.where(carried[..., None], self.frozen, full))
+
     def unmerged(self) -> Tensor:
         """``(B, N, D)`` the dense map: each patch's carrying token, or its frozen features."""
         carried = gather_tokens(self.tokens, self.source.clamp(min=0))
         return torch.where((self.source >= 0)[..., None], carried, self.frozen)
 
 
-def run_merging(blocks: nn.ModuleList, x: Tensor, method: MergingMethod, ctx: FrameContext) -> tuple[Tensor, list[Tensor]]:
-    """Run ``blocks`` (``SplitBlock``s) on the patch tokens ``x`` ``(B, N, D)`` with ``method``'s merges.
+def run_merging(
+    blocks: nn.ModuleList, x: Tensor, method: MergingMethod, ctx: FrameContext, interaction: Interaction | None = None
+) -> tuple[Tensor, list[Tensor]]:
+    """Run ``blocks`` (``SplitBlock``s) on the patch tokens ``x`` ``(B, N, D)`` with ``method``'s merges
+    (and the adapter's ``interaction``, if any, on the dense map).
 
     Returns the dense ``(B, N, D)`` map after the last block and, per block, the ``(B, N)`` mask of the
     grid cells whose tokens enter it. One ``StageRecord`` per merge that shortened the sequence is
@@ -96,16 +121,26 @@ def run_merging(blocks: nn.ModuleList, x: Tensor, method: MergingMethod, ctx: Fr
     merges = set(method.merge_positions)
     block_keep = []
     for i, block in enumerate(blocks):
+        if interaction is not None and interaction.injects(i):
+            sequence = sequence.rewritten(interaction.before_block(i, sequence.unmerged()))
         block_keep.append(sequence.keep_mask())
         bias = sequence.attention_bias() if method.proportional_attention else None
-        if i not in merges:
+        if i in merges:
+            sequence = _merging_block(block, sequence, bias, method, i, ctx)
+        else:
             sequence = replace(sequence, tokens=block(sequence.tokens, attn_mask=bias))
-            continue
-        tokens, keys, probs = block(sequence.tokens, attn_mask=bias, half="attention", probabilities=method.needs_attention)
-        sequence = replace(sequence, tokens=tokens)
-        merge = method.merge(i, TokenGroups(tokens, sequence.sizes(), keys, probs, ctx.grid), ctx)
-        if merge is not None:
-            sequence = sequence.merged(merge)
-            ctx.records.append(StageRecord(i, sequence.keep_mask(), {}))
-        sequence = replace(sequence, tokens=block(sequence.tokens, half="mlp"))
+        if interaction is not None and interaction.extracts(i):
+            interaction.after_block(i, sequence.unmerged())
     return sequence.unmerged(), block_keep
+
+
+def _merging_block(block: nn.Module, sequence: TokenSequence, bias: Tensor | None, method: MergingMethod,
+                   position: int, ctx: FrameContext) -> TokenSequence:
+    """Block ``position`` in halves: attention, the method's merge (recorded if it shortened the sequence), MLP."""
+    tokens, keys, probs = block(sequence.tokens, attn_mask=bias, half="attention", probabilities=method.needs_attention)
+    sequence = replace(sequence, tokens=tokens)
+    merge = method.merge(position, TokenGroups(tokens, sequence.sizes(), keys, probs, ctx.grid), ctx)
+    if merge is not None:
+        sequence = sequence.merged(merge)
+        ctx.records.append(StageRecord(position, sequence.keep_mask(), {}))
+    return replace(sequence, tokens=block(sequence.tokens, half="mlp"))

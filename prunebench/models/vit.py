@@ -24,7 +24,8 @@ both paths: ``prunebench.models.merging``.
 With ``adapter="vit_adapter"`` (``prunebench.models.adapter``) the ViT-Adapter's injectors update the
 full token map before the first block of each interaction stage, pruned tokens included, on both
 paths; its extractors read the full map after each stage; the output adds its 4-level pyramid.
-(Merging methods do not run inside the adapter yet.)
+Merging methods run inside the adapter the same way (how a merged token takes its patches' updates:
+``prunebench.models.merging``).
 """
 
 from __future__ import annotations
@@ -293,9 +294,6 @@ class PrunableViT(nn.Module):
         self.embed_dim = dim
         self.depth = depth
         self.adapter_name = adapter
-        if adapter != "none" and isinstance(method, MergingMethod):
-            raise ConfigError(f"method '{method.name}' merges tokens, which model.adapter={adapter} does not support yet; "
-                              "allowed: model.adapter=none for merging methods (evit, tome)")
         self.adapter = ViTAdapter(dim, depth, drop_path_rate) if adapter == "vit_adapter" else None
 
     def embed(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -340,7 +338,7 @@ class PrunableViT(nn.Module):
             grid=grid, training=self.training, generator=generator, foreground=foreground, state_in=state,
         )
         if isinstance(method, MergingMethod):
-            x, block_keep = run_merging(self.vit.blocks, x, method, ctx)
+            x, block_keep = run_merging(self.vit.blocks, x, method, ctx, interaction)
         else:
             x, block_keep = self._run_blocks(x, ctx, path, interaction)
         x = self.vit.norm(x)
