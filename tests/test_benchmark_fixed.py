@@ -60,13 +60,20 @@ def test_cpu_presets_weight_the_ratio_losses_for_this_task_loss(preset):
     assert "dynamicvit" in weights and weights == {method: expected[method] for method in weights}
 
 
-def test_merging_preset_brackets_both_goals_with_every_method():
-    config = load_config("benchmark-cpu-merging")
+@pytest.mark.parametrize(
+    "preset, methods, evit_pkrs",
+    [
+        ("benchmark-cpu-merging", {"evit", "tome", "random"}, [0.36, 0.50, 0.70]),
+        ("paper-tiny", {"vpp", "dynamicvit", "tps", "svit", "evit", "tome", "random", "oracle"}, [0.36, 0.47, 0.62]),
+    ],
+)
+def test_presets_with_merging_methods_bracket_both_goals(preset, methods, evit_pkrs):
+    config = load_config(preset)
     specs = check_benchmark(config)
-    assert {spec.method for spec in specs} == {"evit", "tome", "random"}
+    assert {spec.method for spec in specs} == methods
     for method in ("evit", "tome"):
         pkrs = {round(implied_pkr(method, spec.params), 2) for spec in specs if spec.method == method}
         for goal in config.benchmark.goals:
             assert min(pkrs) < goal < max(pkrs), (method, sorted(pkrs), goal)
     evit = sorted(round(implied_pkr("evit", spec.params), 2) for spec in specs if spec.method == "evit" and spec.seed == 0)
-    assert evit == [0.36, 0.50, 0.70]
+    assert evit == evit_pkrs
