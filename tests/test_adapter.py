@@ -153,6 +153,21 @@ def test_merging_method_that_keeps_every_token_is_the_dense_adapter_backbone(met
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("method, params", [("evit", {"kappa": 0.7}), ("tome", {"r": 6})])
+def test_merging_through_the_adapter_is_batch_independent(method, params):
+    """Each sample of a batch merges and takes the injectors' updates as it does alone."""
+    torch.manual_seed(0)
+    model = as_trained(create_backbone("vit_tiny", method, params, adapter="vit_adapter").eval())
+    images = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        both, single = model(images), model(images[1:])
+    assert both.block_keep[-1].sum(-1).lt(N).all()  # it merged
+    assert torch.equal(both.block_keep[:, 1:], single.block_keep)
+    torch.testing.assert_close(both.features[1:], single.features, rtol=1e-5, atol=1e-5)
+    for a, b in zip(both.pyramid, single.pyramid):
+        torch.testing.assert_close(a[1:], b, rtol=1e-5, atol=1e-5)
+
+
 def test_injector_reaches_patches_that_left_a_merging_sequence():
     """EViT drops tokens inside block 3; their patches still take the injectors of stages 2 and 3 (blocks 6, 9)."""
     torch.manual_seed(0)

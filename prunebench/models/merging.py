@@ -45,7 +45,8 @@ class TokenSequence:
         size: ``(B, n)`` patches each token stands for, or None while no merge has happened (all 1).
         cell: ``(B, n)`` long, the grid cell each token occupies in the keep mask (−1: none).
         source: ``(B, N)`` long, the token carrying each patch (−1: the patch has left the sequence).
-        frozen: ``(B, N, D)`` the features of patches at the moment they left the sequence.
+        frozen: ``(B, N, D)`` the features of patches off the sequence: those they had when they left it,
+            plus any update of the dense map since (ViT-Adapter's injectors, ``rewritten``).
     """
 
     tokens: Tensor
@@ -96,7 +97,7 @@ class TokenSequence:
         carried = self.source >= 0
         weight = carried.to(full.dtype)
         slot = self.source.clamp(min=0)
-        total = torch.zeros_like(self.tokens).scatter_add_(1, slot[..., None].expand_as(full), full * weight[..., None])
+        total = full.new_zeros(self.tokens.shape).scatter_add_(1, slot[..., None].expand_as(full), full * weight[..., None])
         count = weight.new_zeros(self.tokens.shape[:2]).scatter_add_(1, slot, weight)
         tokens = torch.where(count[..., None] > 0, total / count.clamp(min=1)[..., None], self.tokens)
         return replace(self, tokens=tokens, frozen=torch.where(carried[..., None], self.frozen, full))
