@@ -5,7 +5,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from prunebench.data.ytvis import check_rle_string, to_rle
-from prunebench.evaluation.vis_metrics import frame_ap, score_results, video_ap
+from prunebench.evaluation.vis_metrics import frame_ap, per_video_ap, score_results, video_ap
 
 H = W = 20
 
@@ -207,3 +207,17 @@ def test_rle_string_check_agrees_with_pycocotools():
         assert to_rle(uncompressed({"size": [h, w], "counts": counts}), h, w)["counts"] == counts
         with pytest.raises(ValueError, match="undecodable RLE counts"):
             check_rle_string(counts, h * w + 1)
+
+
+def test_per_video_ap_scores_each_video_on_its_own():
+    """Three videos (one with two categories): each video's AP equals video_ap of that video alone."""
+    shifted = [rle(3, 2), rle(4, 2)]
+    gt = gt_of([(1, 1, A), (2, 1, A), (2, 2, B), (3, 2, B)])
+    results = [det(1, 1, 0.9, A), det(2, 1, 0.9, shifted), det(2, 2, 0.8, B), det(3, 1, 0.7, B)]
+    per_video = per_video_ap(gt, results)
+    assert per_video == pytest.approx({"1": 100.0, "2": 70.0, "3": 0.0})  # video 2: (40 + 100) / 2
+    for video in (1, 2, 3):
+        alone = {**gt, "videos": [v for v in gt["videos"] if v["id"] == video],
+                 "annotations": [a for a in gt["annotations"] if a["video_id"] == video]}
+        expected = video_ap(alone, [r for r in results if r["video_id"] == video])["AP"]
+        assert per_video[str(video)] == pytest.approx(expected if expected is not None else 0.0), video

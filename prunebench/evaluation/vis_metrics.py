@@ -245,13 +245,10 @@ def _video_evaluation(gt: dict[str, Any], results: list[dict[str, Any]]) -> _Vid
     return evaluator
 
 
-def _accumulated(evaluator: COCOeval, image_ids: list[int] | None = None) -> dict[str, float | None]:
-    """Summary of an evaluated COCOeval over ``image_ids`` (default: all); matching is not redone."""
-    params = copy.copy(evaluator.params)
-    if image_ids is not None:
-        params.imgIds = image_ids
+def _accumulated(evaluator: COCOeval) -> dict[str, float | None]:
+    """Summary of an evaluated COCOeval over all its images; matching is not redone."""
     with contextlib.redirect_stdout(io.StringIO()):
-        evaluator.accumulate(params)
+        evaluator.accumulate()
         evaluator.summarize()
     stats = evaluator.stats
     return {k: _percent(v) for k, v in zip(SUMMARY_KEYS, stats[:len(SUMMARY_KEYS)])}
@@ -270,7 +267,22 @@ def per_video_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str,
     video has no ground truth). The statistical unit of the leaderboard's paired test. ``results``
     as for ``video_ap``."""
     evaluator = _video_evaluation(gt, results)
-    return {str(v["id"]): _accumulated(evaluator, [v["id"]])["AP"] for v in gt["videos"]}
+    return {str(v["id"]): _accumulated(_one_image(evaluator, v["id"]))["AP"] for v in gt["videos"]}
+
+
+def _one_image(evaluator: COCOeval, image_id: int) -> COCOeval:
+    """A shallow copy of an evaluated ``evaluator`` restricted to one image: its parameters and its
+    evaluated entries (one per category and area range). pycocotools' ``accumulate(params)`` with a
+    shorter ``imgIds`` cannot do this: it indexes the evaluated entries by position in the shorter
+    list, so for any single image it would read the first image's entries."""
+    evaluated = evaluator._paramsEval
+    position, images = evaluated.imgIds.index(image_id), len(evaluated.imgIds)
+    areas, categories = len(evaluated.areaRng), len(evaluated.catIds) if evaluated.useCats else 1
+    one = copy.copy(evaluator)
+    one.params, one._paramsEval = copy.copy(evaluator.params), copy.copy(evaluated)
+    one.params.imgIds = one._paramsEval.imgIds = [image_id]
+    one.evalImgs = [evaluator.evalImgs[(k * areas + a) * images + position] for k in range(categories) for a in range(areas)]
+    return one
 
 
 def frame_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float | None]:
