@@ -130,6 +130,9 @@ CASES: dict[str, Case] = {
                                                 "the GPUs would sit idle"),
     "demo_pretrained_of_other_shapes": Case(("demo", "--out", "$out", "--set", "model.pretrained=$pretrained_small"),
                                             "not a vit_tiny checkpoint"),
+    # rescore
+    "rescore_without_a_store": Case(("rescore", "$config"), "no MLflow store"),
+    "rescore_data_root_missing": Case(("rescore", "$config", "--set", "data.root=$missing"), "missing.safetensors"),
     # flops, bench
     "flops_unknown_backbone": Case(("flops", "--backbone", "vit_huge"), "unknown backbone"),
     "flops_unknown_method_param": Case(("flops", "--method", "tps", "--set", "kappa=0.5"), "'kappa'"),

@@ -216,6 +216,8 @@ def test_per_video_ap_scores_each_video_on_its_own():
     results = [det(1, 1, 0.9, A), det(2, 1, 0.9, shifted), det(2, 2, 0.8, B), det(3, 1, 0.7, B)]
     per_video = per_video_ap(gt, results)
     assert per_video == pytest.approx({"1": 100.0, "2": 70.0, "3": 0.0})  # video 2: (40 + 100) / 2
+    scored = score_results(gt, results, per_video=True)  # the same from the evaluation's one matching
+    assert scored.pop("per_video_AP") == per_video and scored == score_results(gt, results)
     for video in (1, 2, 3):
         alone = {**gt, "videos": [v for v in gt["videos"] if v["id"] == video],
                  "annotations": [a for a in gt["annotations"] if a["video_id"] == video]}

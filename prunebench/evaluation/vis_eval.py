@@ -52,7 +52,7 @@ from prunebench.evaluation.accounting import TokenAccountant
 from prunebench.evaluation.flops import backbone_cost
 from prunebench.evaluation.plots import KeepExample
 from prunebench.evaluation.scene_cuts import AFTER, RecoveryMeter, frame_ioi, instance_recall
-from prunebench.evaluation.vis_metrics import VIDEO_AREA_RANGES, per_video_ap, score_results
+from prunebench.evaluation.vis_metrics import VIDEO_AREA_RANGES, score_results
 from prunebench.models.tracker import QueryTracker
 from prunebench.models.vis_model import VISModel
 from prunebench.models.vit import PATCH_SIZE, create_backbone
@@ -240,9 +240,8 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
                     _blank_lead_in(model, video, first_frames, config.lead_in_frames, max_size, lead_in_generator,
                                    recovery)
         gt = dataset.ground_truth()
-        metrics: dict[str, Any] = score_results(gt, results)
+        metrics: dict[str, Any] = score_results(gt, results, per_video=True)
         metrics.update({
-            "per_video_AP": per_video_ap(gt, results),
             "pkr": accountant.pkr,
             "per_block_keep": accountant.per_block_keep,
             "ioi": ioi.result(),

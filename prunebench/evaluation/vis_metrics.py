@@ -266,8 +266,12 @@ def per_video_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str,
     """Video AP of each video on its own (percent, keyed by the video id as a string; None where the
     video has no ground truth). The statistical unit of the leaderboard's paired test. ``results``
     as for ``video_ap``."""
-    evaluator = _video_evaluation(gt, results)
-    return {str(v["id"]): _accumulated(_one_image(evaluator, v["id"]))["AP"] for v in gt["videos"]}
+    return _per_video(_video_evaluation(gt, results))
+
+
+def _per_video(evaluator: COCOeval) -> dict[str, float | None]:
+    """Per-video AP from an evaluated ``evaluator`` (its images are the videos); matching is not redone."""
+    return {str(v): _accumulated(_one_image(evaluator, v))["AP"] for v in evaluator._paramsEval.imgIds}
 
 
 def _one_image(evaluator: COCOeval, image_id: int) -> COCOeval:
@@ -323,8 +327,9 @@ def frame_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, flo
 
 
 def score_results(gt: dict[str, Any], results: Any, source: str = "results",
-                  notes: Sequence[str] = ()) -> dict[str, float | None]:
-    """Everything ``prunebench metrics`` reports: video AP family plus frame mAP_bbox / mAP_segm.
+                  notes: Sequence[str] = (), per_video: bool = False) -> dict[str, Any]:
+    """Everything ``prunebench metrics`` reports: video AP family plus frame mAP_bbox / mAP_segm, and with
+    ``per_video`` the AP of each video on its own (``per_video_AP``, as ``per_video_ap``) from the same matching.
 
     ``results`` are checked first (``check_results``, errors name ``source``); then ``notes``
     (the ground truth's own warnings) and the results' warnings are logged, one line each.
@@ -332,4 +337,8 @@ def score_results(gt: dict[str, Any], results: Any, source: str = "results",
     checked = check_results(results, gt, source)
     for message in (*notes, *checked.warnings):
         logger.warning(message)
-    return {**video_ap(gt, checked.tracks), **frame_ap(gt, checked.tracks)}
+    evaluator = _video_evaluation(gt, checked.tracks)
+    scores: dict[str, Any] = {**_accumulated(evaluator), **frame_ap(gt, checked.tracks)}
+    if per_video:
+        scores["per_video_AP"] = _per_video(evaluator)
+    return scores

@@ -435,6 +435,52 @@ def _run_report(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _add_rescore(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rescore", help="score the logged predictions of a run's evaluations again (this evaluator)",
+                       description="Score the predictions (results.json) logged on every finished evaluation run of an "
+                                   "MLflow experiment again, with this version's evaluator, against the config's valid "
+                                   "split (the same data: its hash must match the runs'), and log the new scores on "
+                                   "each run (video AP family, frame mAP, per-video AP; the old values stay in the "
+                                   "metric history). No model is run. Then `prunebench report` gives the corrected "
+                                   "leaderboard.")
+    _add_config_args(p)
+    p.add_argument("--out", default=None, help="the run's output folder (default: the config's out): its "
+                                               "mlflow.db, and its data for a synthetic preset")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: the config's name)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db); never created")
+    p.set_defaults(handler=_run_rescore)
+
+
+def _run_rescore(args: argparse.Namespace) -> dict[str, Any]:
+    from prunebench.config import load_config
+    from prunebench.data.ytvis import YTVISDataset
+
+    config = load_config(args.config, _output_overrides(args.config, parse_assignments(args.overrides), args.out))
+    valid = YTVISDataset(config.data.root, config.data.valid_split)  # reads only: never generates data
+    valid.check_not_empty("data.valid_split")
+    uri = _report_store(args.tracking_uri, config.out)
+
+    from prunebench.platform.rescore import rescore  # MLflow: once the inputs passed
+
+    result = rescore(uri, args.experiment or config.name, valid)
+    print(result.pop("table"), file=sys.stderr if args.json else sys.__stdout__, flush=True)
+    return result
+
+
+def _output_overrides(preset: str, overrides: dict[str, Any], out: str | None) -> dict[str, Any]:
+    """``--out``: the config's ``out``, and its ``data.root`` too for a synthetic preset (generated data lives with
+    the run) unless ``--set data.root`` names it."""
+    from prunebench.config import load_config
+
+    if out is None:
+        return overrides
+    overrides = {**overrides, "out": out}
+    if "data.root" not in overrides and load_config(preset).data.synth is not None:
+        overrides["data.root"] = f"{out}/data"
+    return overrides
+
+
 def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("benchmark", help="the leaderboard run: cached dense model, methods x keep settings x seeds, CIs",
                        description="Train (or reuse from the cache) the dense model, fine-tune every method at every keep "
@@ -458,13 +504,9 @@ def _run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.platform.benchmark_grid import check_benchmark
     from prunebench.platform.preflight import check_experiment
 
-    overrides = parse_assignments(args.overrides)
+    overrides = _output_overrides(args.config, parse_assignments(args.overrides), args.out)
     if args.gpus_per_trial is not None:
         overrides["benchmark.gpus_per_trial"] = args.gpus_per_trial
-    if args.out is not None:
-        overrides["out"] = args.out
-        if "data.root" not in overrides and load_config(args.config).data.synth is not None:
-            overrides["data.root"] = f"{args.out}/data"  # generated data lives with the run
     config = load_config(args.config, overrides)
     check_experiment(config, args.address, method=False)
     specs = check_benchmark(config, args.resume, args.storage_path)
@@ -526,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tune(sub)
     _add_benchmark(sub)
     _add_report(sub)
+    _add_rescore(sub)
     _add_demo(sub)
     return parser
 
@@ -552,6 +595,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``prunebench`` console script."""
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet, args.verbose)
+    # prunebench draws its own progress; MLflow's download bars would break the one-line stderr of a refusal
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     stdout = sys.stdout
     try:
         # stdout carries only the result (Ray prints notices); log lines pass above a progress bar
@@ -562,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.json:
         print(json.dumps(result), file=stdout)
-    elif args.command not in ("demo", "report", "benchmark"):
+    elif args.command not in ("demo", "report", "benchmark", "rescore"):
         with contextlib.redirect_stdout(stdout):
             _print_human(result)
     return 0

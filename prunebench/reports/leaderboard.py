@@ -94,7 +94,7 @@ def _as_run(run: Any) -> EvalRun:
         metrics={k: metrics[k] for k in METRICS if k in metrics},
         per_block_keep=None if any(v is None for v in keep) else keep,
         precision=params.get("precision", DEFAULT_PRECISION),
-        per_video=_prefixed(metrics, PER_VIDEO),
+        per_video={k: v for k, v in _prefixed(metrics, PER_VIDEO).items() if not math.isnan(v)},  # NaN: undefined
         converged=None if "converged" not in metrics else bool(metrics["converged"]),
         final_keep=_prefixed(metrics, "final_keep_"), target_keep=_prefixed(metrics, "target_keep_"),
         ioi_per_block=_prefixed(metrics, "ioi_per_block_"), fg_precision=_prefixed(metrics, "fg_precision_"),
@@ -102,8 +102,9 @@ def _as_run(run: Any) -> EvalRun:
     )
 
 
-def fetch_runs(tracking_uri: str, experiment: str | None = None) -> list[EvalRun]:
-    """Every finished evaluation run of ``experiment`` (all experiments if None), fetched in pages."""
+def search_eval_runs(tracking_uri: str, experiment: str | None = None) -> list[Any]:
+    """Every finished evaluation run (MLflow ``Run``) of ``experiment`` (all experiments if None), fetched in
+    pages. ConfigError naming the experiments found if ``experiment`` does not exist."""
     client = MlflowClient(tracking_uri)
     experiments = client.search_experiments()
     if experiment is not None:
@@ -120,7 +121,12 @@ def fetch_runs(tracking_uri: str, experiment: str | None = None) -> list[EvalRun
         token = page.token
         if not token:
             break
-    return [_as_run(r) for r in runs]
+    return runs
+
+
+def fetch_runs(tracking_uri: str, experiment: str | None = None) -> list[EvalRun]:
+    """Every finished evaluation run of ``experiment`` (all experiments if None), as the reports need it."""
+    return [_as_run(r) for r in search_eval_runs(tracking_uri, experiment)]
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -375,12 +381,17 @@ def _ci(value: float | None, interval: tuple[float, float] | None, signed: bool 
     return text if interval is None else f"{text} [{interval[0]:.1f}, {interval[1]:.1f}]"
 
 
+def _p_value(p: float) -> str:
+    """A p-value as the table prints it: three decimals, or the bound below 0.001."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def _goal_line(row: GoalRow) -> str:
     if not row.bracketed:
         ap = "not bracketed"
     else:
         ap = _ci(row.ap_at_goal, row.ap_ci)
-    test = "–" if row.p_vs_vpp is None else f"{'**yes**' if row.significant_vs_vpp else 'no'} (p {row.p_vs_vpp:.3f})"
+    test = "–" if row.p_vs_vpp is None else f"{'**yes**' if row.significant_vs_vpp else 'no'} (p {_p_value(row.p_vs_vpp)})"
     conv = row.as_dict()["converged_runs"] or "–"
     if row.converged is False:
         conv = f"**no** ({conv})"
