@@ -6,6 +6,7 @@ the first video's AP. The command must put each video's own AP on the run, keep 
 history, leave the headline scores as they were, and write nothing when any input is bad.
 """
 
+import json
 import math
 from pathlib import Path
 
@@ -35,15 +36,18 @@ def _predictions(gt: dict, video: int) -> list[dict]:
              "segmentations": a["segmentations"]} for a in gt["annotations"] if a["video_id"] == video]
 
 
-def _log_stale_run(tracker: Tracker, experiment: str, dataset: str, results: object, correct: dict, seed: int) -> str:
-    """An evaluation run as the trials log it, with the bug's per-video AP: the first video's, for every video."""
+def _log_stale_run(tracker: Tracker, experiment: str, dataset: str, results: object | None, correct: dict, seed: int,
+                   **wrong: float) -> str:
+    """An evaluation run as the trials log it, with the bug's per-video AP (the first video's, for every video),
+    ``wrong`` headline scores on top, and ``results`` as its ``results.json`` (None: no predictions logged)."""
     run = tracker.run(experiment, f"trial:{seed}", name=f"vpp-{seed}",
                       tags={"prunebench.kind": "eval", "dataset": dataset, "method": "vpp", "setting": "0.50",
                             "seed": str(seed), "backbone": "vit_tiny"})
     first = next(iter(correct["per_video_AP"].values()))
-    stale = {**correct, "per_video_AP": {v: first for v in correct["per_video_AP"]}}
+    stale = {**correct, "per_video_AP": {v: first for v in correct["per_video_AP"]}, **wrong}
     tracker.log_metrics(run, numeric_metrics(stale))
-    tracker.log_dict(run, results, "results.json")
+    if results is not None:
+        tracker.log_dict(run, results, "results.json")
     tracker.end(run)
     return run
 
@@ -87,12 +91,47 @@ def test_rescore_refuses_malformed_predictions_before_writing_anything(store):
     config, tracker, experiment, run, correct, valid = store
     broken = [{"video_id": valid.videos[0].id, "category_id": 1, "score": "high", "segmentations": []}]
     bad = _log_stale_run(tracker, experiment, valid.sha256, broken, correct, seed=1)
-    before = {r: tracker.client.get_run(r).data.metrics for r in (run, bad)}
+    later = _log_stale_run(tracker, experiment, valid.sha256, _predictions(valid.ground_truth(), valid.videos[0].id),
+                           correct, seed=2)  # scored before the broken one (newest first): still not written
+    runs = (run, bad, later)
+    before = {r: tracker.client.get_run(r).data.metrics for r in runs}
     done = cli(["rescore", config, "--json"], check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1 and f"run {bad} results.json" in done.stderr, done.stderr
-    assert {r: tracker.client.get_run(r).data.metrics for r in (run, bad)} == before
-    assert RESCORED_TAG not in tracker.client.get_run(run).data.tags
+    assert {r: tracker.client.get_run(r).data.metrics for r in runs} == before
+    assert not any(RESCORED_TAG in tracker.client.get_run(r).data.tags for r in runs)
+
+
+def test_rescore_names_changed_headline_scores_and_leaves_other_runs_alone(store):
+    config, tracker, experiment, run, correct, valid = store
+    assert correct["APl"] is None  # tiny frames: no large object
+    wrong = _log_stale_run(tracker, experiment, valid.sha256, _predictions(valid.ground_truth(), valid.videos[0].id),
+                           correct, seed=1, AP=correct["AP"] - 5.0, APl=12.5)
+    unscored = _log_stale_run(tracker, experiment, valid.sha256, None, correct, seed=2)
+    elsewhere = _log_stale_run(tracker, experiment, "another-dataset", [], correct, seed=3)
+    before = {r: tracker.client.get_run(r).data.metrics for r in (unscored, elsewhere)}
+    done = cli(["rescore", config, "--json"], check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)  # valid JSON: the score that became undefined is null, not NaN
+    lines = {line["run_id"]: line for line in out["rescored"]}
+    assert set(lines) == {run, wrong}
+    assert lines[wrong]["changed"] == {"AP": [pytest.approx(correct["AP"] - 5.0), pytest.approx(correct["AP"])],
+                                       "APl": [12.5, None]}
+    assert lines[run]["changed"] == {}
+    assert out["without_results"] == [unscored] and out["other_datasets"] == 1
+    assert f"1 runs without results.json left as logged: {unscored}" in done.stderr
+    assert {r: tracker.client.get_run(r).data.metrics for r in (unscored, elsewhere)} == before
+    [row] = [r for r in fetch_runs(tracker.uri, "tiny") if r.run_id == wrong]
+    assert row.metrics["AP"] == pytest.approx(correct["AP"]) and "APl" not in row.metrics  # NaN: missing
+
+
+def test_rescore_refuses_runs_whose_predictions_it_cannot_see(store):
+    config, tracker, experiment, run, correct, valid = store
+    tracker.client.delete_run(run)
+    _log_stale_run(tracker, experiment, valid.sha256, None, correct, seed=1)
+    done = cli(["rescore", config], check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "none of its 1 evaluation runs of this valid split lists results.json" in done.stderr, done.stderr
 
 
 def test_rescore_refuses_other_data_and_unknown_experiments(store, tmp_path):

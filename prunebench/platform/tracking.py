@@ -138,7 +138,7 @@ def fetch_input(source: str, folder: str | Path, tracking_uri: str, flag: str = 
         raise ConfigError(f"{what}: the MLflow store {tracking_uri} does not exist; "
                           "allowed: --tracking-uri of the store that holds the run")
     with tempfile.TemporaryDirectory(prefix="prunebench-input-") as tmp:
-        _download(source, Path(tmp), tracking_uri, what)
+        download(source, Path(tmp), tracking_uri, what)
         path = _only_file(Path(tmp), what, allowed)
         check(path)
         return _keep(path, target)
@@ -151,8 +151,9 @@ def _only_file(folder: Path, what: str, allowed: str) -> Path:
     return found[0]
 
 
-def _download(source: str, folder: Path, tracking_uri: str, what: str) -> None:
-    """Download ``source`` into ``folder``."""
+def download(source: str, folder: Path, tracking_uri: str, what: str) -> None:
+    """Download ``source`` (an artifact URI: ``runs:/<run_id>/<path>``, ``s3://...``) into ``folder``; one-line
+    ConfigError naming ``what`` if it cannot be downloaded."""
     try:
         mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder), tracking_uri=tracking_uri)
     except Exception as error:  # MLflow, boto3 and the network each raise their own types

@@ -83,7 +83,8 @@ def _prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
 
 
-def _as_run(run: Any) -> EvalRun:
+def as_eval_run(run: Any) -> EvalRun:
+    """One MLflow run as the reports read it (a metric logged as NaN, an undefined score, is missing)."""
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
     keep = [metrics.get(f"per_block_keep_{i:02d}") for i in range(BLOCKS)]
     setting = tags.get("setting") or tags.get("target") or f"trial {run.info.run_id[:8]}"
@@ -91,10 +92,10 @@ def _as_run(run: Any) -> EvalRun:
         run_id=run.info.run_id, method=tags.get("method", params.get("method", "?")), setting=setting,
         backbone=tags.get("backbone", params.get("backbone", "?")),
         dataset=tags.get("dataset", params.get("dataset_sha256", "?")), seed=tags.get("seed", params.get("seed", "?")),
-        metrics={k: metrics[k] for k in METRICS if k in metrics},
+        metrics={k: metrics[k] for k in METRICS if k in metrics and not math.isnan(metrics[k])},
         per_block_keep=None if any(v is None for v in keep) else keep,
         precision=params.get("precision", DEFAULT_PRECISION),
-        per_video={k: v for k, v in _prefixed(metrics, PER_VIDEO).items() if not math.isnan(v)},  # NaN: undefined
+        per_video={k: v for k, v in _prefixed(metrics, PER_VIDEO).items() if not math.isnan(v)},
         converged=None if "converged" not in metrics else bool(metrics["converged"]),
         final_keep=_prefixed(metrics, "final_keep_"), target_keep=_prefixed(metrics, "target_keep_"),
         ioi_per_block=_prefixed(metrics, "ioi_per_block_"), fg_precision=_prefixed(metrics, "fg_precision_"),
@@ -126,7 +127,7 @@ def search_eval_runs(tracking_uri: str, experiment: str | None = None) -> list[A
 
 def fetch_runs(tracking_uri: str, experiment: str | None = None) -> list[EvalRun]:
     """Every finished evaluation run of ``experiment`` (all experiments if None), as the reports need it."""
-    return [_as_run(r) for r in search_eval_runs(tracking_uri, experiment)]
+    return [as_eval_run(r) for r in search_eval_runs(tracking_uri, experiment)]
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
