@@ -439,7 +439,7 @@ def _add_rescore(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rescore", help="score the logged predictions of a run's evaluations again (this evaluator)",
                        description="Score the predictions (results.json) logged on every finished evaluation run of an "
                                    "MLflow experiment again, with this version's evaluator, against the config's valid "
-                                   "split (the same data: its hash must match the runs'), and log the new scores on "
+                                   "split (the same data: its hash must match the runs'), and log the scores that changed on "
                                    "each run (video AP family, frame mAP, per-video AP; the old values stay in the "
                                    "metric history). No model is run. Then `prunebench report` gives the corrected "
                                    "leaderboard.")
