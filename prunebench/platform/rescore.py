@@ -52,13 +52,21 @@ class Rescored:
     changed: dict[str, tuple[float | None, float]]
     ap: float | None
 
+    @property
+    def headline(self) -> dict[str, tuple[float | None, float]]:
+        """The changed scores other than per-video AP."""
+        return {k: v for k, v in self.changed.items() if not k.startswith(PER_VIDEO)}
+
+    @property
+    def per_video_changed(self) -> int:
+        """How many per-video APs changed."""
+        return len(self.changed) - len(self.headline)
+
     def summary(self) -> dict[str, Any]:
         """The run's line of the command's JSON output (NaN, an undefined score, as null)."""
-        headline = {k: [_json_number(old), _json_number(new)] for k, (old, new) in self.changed.items()
-                    if not k.startswith(PER_VIDEO)}
+        headline = {k: [_json_number(old), _json_number(new)] for k, (old, new) in self.headline.items()}
         return {"run_id": self.run.run_id, "method": self.run.method, "setting": self.run.setting,
-                "seed": self.run.seed, "changed": headline,
-                "per_video_changed": sum(k.startswith(PER_VIDEO) for k in self.changed)}
+                "seed": self.run.seed, "changed": headline, "per_video_changed": self.per_video_changed}
 
 
 def _json_number(value: float | None) -> float | None:
@@ -161,8 +169,7 @@ def _table(rescored: list[Rescored]) -> str:
              "|---|---|---|---|---:|---:|---:|---:|"]
     for r in sorted(rescored, key=lambda r: (r.run.method, r.run.setting, r.run.seed)):
         logged = r.changed["AP"][0] if "AP" in r.changed else r.ap
-        others = sum(1 for k in r.changed if k != "AP" and not k.startswith(PER_VIDEO))
-        per_video = sum(1 for k in r.changed if k.startswith(PER_VIDEO))
+        others = len(r.headline) - ("AP" in r.headline)
         lines.append(f"| {r.run.method} | {r.run.setting} | {r.run.seed} | {r.run.run_id[:8]} | {_number(logged)} "
-                     f"| {_number(r.ap)} | {others} | {per_video} |")
+                     f"| {_number(r.ap)} | {others} | {r.per_video_changed} |")
     return "\n".join(lines)
