@@ -126,12 +126,16 @@ class ExperimentConfig(ConfigModel):
     """A whole experiment: data, model, method, the two training stages, evaluation.
 
     ``precision``: ``fp32``, or autocast to ``bf16`` / ``fp16`` in training and inference (``prunebench.precision``).
+    ``dense_precision``: the dense stage's (``train``) precision when it differs (None: ``precision``): the dense
+    model is one shared, cached starting point, so it can be trained in fp32 while every fine-tune, evaluation
+    and timing runs in ``precision`` (what the leaderboard keys its rows by).
     """
 
     name: str = "experiment"
     seed: int = 0
     device: Literal["cpu", "cuda"] = "cpu"
     precision: Precision = "fp32"
+    dense_precision: Precision | None = None
     out: str = "runs"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -141,6 +145,13 @@ class ExperimentConfig(ConfigModel):
     eval: EvalConfig = EvalConfig()
     convergence: ConvergenceRule = ConvergenceRule()
     benchmark: BenchmarkConfig = BenchmarkConfig()
+
+    def stage_precision(self, stage: str) -> Precision:
+        """The precision a training stage runs in: ``dense_precision`` (else ``precision``) for the dense stage
+        ``train``, ``precision`` for ``finetune``."""
+        if stage == "train" and self.dense_precision is not None:
+            return self.dense_precision
+        return self.precision
 
 
 def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -1,4 +1,5 @@
-"""Numeric precision of training and inference: the config's top-level ``precision``.
+"""Numeric precision of training and inference: the config's top-level ``precision`` (and ``dense_precision``,
+the dense stage's when it differs).
 
 ``fp32`` runs as PyTorch does by default: nothing is wrapped, so results are those of a config
 without the setting. ``bf16`` and ``fp16`` run the model's forward under ``torch.autocast`` with that
@@ -50,19 +51,20 @@ def cpu_supports_bf16() -> bool:
     return any(capabilities.get(feature) is True for feature in BF16_CPU_FEATURES)
 
 
-def check_precision(precision: Precision, device: str) -> None:
-    """Before anything starts: a ``ConfigError`` (one line) unless ``precision`` runs on ``device`` here.
+def check_precision(precision: Precision, device: str, key: str = "precision") -> None:
+    """Before anything starts: a ``ConfigError`` (one line) unless ``precision`` (the config's ``key``) runs on
+    ``device`` here.
 
     A GPU that this machine does not have (a cluster's) is not checked: its workers meet it at autocast.
     """
     if precision == "fp16" and device == "cpu":
-        raise ConfigError("precision=fp16 with device=cpu: fp16 autocast runs on a GPU only; "
-                          "allowed: --set precision=bf16 or precision=fp32, or --set device=cuda")
+        raise ConfigError(f"{key}=fp16 with device=cpu: fp16 autocast runs on a GPU only; "
+                          f"allowed: --set {key}=bf16 or {key}=fp32, or --set device=cuda")
     if precision == "bf16" and device == "cpu" and not cpu_supports_bf16():
-        raise ConfigError("precision=bf16 but this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16, "
+        raise ConfigError(f"{key}=bf16 but this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16, "
                           "avx_ne_convert or ARM bf16 in torch.cpu.get_capabilities()); "
-                          "allowed: --set precision=fp32, or --set device=cuda")
+                          f"allowed: --set {key}=fp32, or --set device=cuda")
     if precision == "bf16" and device == "cuda" and torch.cuda.is_available() \
             and not torch.cuda.is_bf16_supported(including_emulation=False):
-        raise ConfigError(f"precision=bf16 but this machine's GPU ({torch.cuda.get_device_name()}) has no native "
-                          "bfloat16; allowed: --set precision=fp16 or precision=fp32")
+        raise ConfigError(f"{key}=bf16 but this machine's GPU ({torch.cuda.get_device_name()}) has no native "
+                          f"bfloat16; allowed: --set {key}=fp16 or {key}=fp32")

@@ -116,6 +116,10 @@ def test_dense_key_changes_with_data_and_dense_config_only(tmp_path):
     assert dense_key(lr, *splits[data]) != key  # another dense recipe
     bf16 = load_config("benchmark-tiny", {"data.root": str(data), "precision": "bf16"})
     assert dense_key(bf16, *splits[data]) != key  # another precision
+    dense_fp32 = load_config("benchmark-tiny", {"data.root": str(data), "precision": "bf16", "dense_precision": "fp32"})
+    assert dense_key(dense_fp32, *splits[data]) == key  # fine-tuned in bf16 from the same fp32 dense model
+    dense_bf16 = load_config("benchmark-tiny", {"data.root": str(data), "dense_precision": "bf16"})
+    assert dense_key(dense_bf16, *splits[data]) == dense_key(bf16, *splits[data])
     calls = []
 
     def train_into(target):

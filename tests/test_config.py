@@ -99,6 +99,15 @@ def test_precision_defaults_to_fp32():
     assert load_config("demo").precision == "fp32" and ExperimentConfig().precision == "fp32"
 
 
+def test_the_dense_stage_runs_in_dense_precision_and_everything_else_in_precision():
+    split = load_config("demo", {"precision": "bf16", "dense_precision": "fp32"})
+    assert (split.stage_precision("train"), split.stage_precision("finetune")) == ("fp32", "bf16")
+    same = load_config("demo", {"precision": "bf16"})
+    assert same.dense_precision is None
+    assert (same.stage_precision("train"), same.stage_precision("finetune")) == ("bf16", "bf16")
+    assert _fails("demo", {"dense_precision": "fp64"}) == (
+        "--set dense_precision=fp64: dense_precision must be one of 'fp32', 'bf16', 'fp16' or null, got 'fp64'")
+
 def test_unknown_precision_in_yaml(tmp_path):
     path = _write(tmp_path, "precision: fp64\n")
     assert _fails(path) == f"{path}: precision must be one of 'fp32', 'bf16', 'fp16', got 'fp64'"

@@ -85,6 +85,14 @@ def test_fp16_on_the_cpu_is_refused_with_one_line():
     check_precision("fp32", "cpu")
 
 
+def test_the_dense_stage_precision_is_checked_under_its_own_key(tmp_path, capsys):
+    config = write_config(tmp_path, precision="fp32", dense_precision="fp16")
+    assert main(["train", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        "prunebench train: error: dense_precision=fp16 with device=cpu: fp16 autocast runs on a GPU only; allowed: "
+        "--set dense_precision=bf16 or dense_precision=fp32, or --set device=cuda\n")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
 def test_bf16_on_a_cpu_without_bfloat16_stops_before_anything_starts(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(prunebench.precision, "cpu_supports_bf16", lambda: True)
     check_precision("bf16", "cpu")

@@ -1,7 +1,7 @@
 """The dense model, trained once and cached under a content key.
 
 The key is a hash of everything that determines the dense model: the config's dense part (seed,
-device, precision, model, the ``train`` stage, the data settings except where the folder is), the
+device, the dense stage's precision, model, the ``train`` stage, the data settings except where the folder is), the
 train and valid split hashes, the code version, and the pretrained weights' file hash. A later ``benchmark``,
 ``tune`` or ``demo`` with the same key reuses the cached checkpoint; any change of data, config or
 code trains it again. The cache lives in ``$PRUNEBENCH_CACHE`` (default ``~/.cache/prunebench``)
@@ -41,7 +41,7 @@ def dense_key(config: ExperimentConfig, train: YTVISDataset, valid: YTVISDataset
     """The content key of the dense model ``config`` trains on these splits."""
     tree = to_dict(config)
     data = {k: v for k, v in tree["data"].items() if k != "root"}
-    part = {"seed": tree["seed"], "device": tree["device"], "precision": tree["precision"], "model": tree["model"],
+    part = {"seed": tree["seed"], "device": tree["device"], "precision": config.stage_precision("train"), "model": tree["model"],
             "train": tree["train"], "data": data, "train_sha256": train.sha256, "valid_sha256": valid.sha256,
             "code": code_version(),
             "pretrained_sha256": _file_hash(config.model.pretrained) if config.model.pretrained else None}

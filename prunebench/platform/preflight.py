@@ -53,8 +53,10 @@ def check_experiment(config: ExperimentConfig, address: str | None = None, metho
         check_pretrained(config.model.pretrained, config.model.backbone)
     check_local_gpu(config, address, ray)
     check_precision(config.precision, config.device)
-    log.debug("checked: pretrained weights %s, device %s, precision %s", config.model.pretrained, config.device,
-              config.precision)
+    if config.dense_precision is not None:
+        check_precision(config.dense_precision, config.device, key="dense_precision")
+    log.debug("checked: pretrained weights %s, device %s, precision %s (dense stage %s)", config.model.pretrained,
+              config.device, config.precision, config.stage_precision("train"))
 
 
 def check_finetune(config: ExperimentConfig) -> None:

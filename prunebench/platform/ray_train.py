@@ -184,7 +184,8 @@ def _worker(loop_config: dict[str, Any]) -> None:
 
     with logger:
         train_steps(model, prepared.sampler, optim, config.seed + rank, torch.device(config.device), start_step=start,
-                    optimizer_state=optimizer_state, on_step=on_step, rank=rank, world=world, precision=config.precision)
+                    optimizer_state=optimizer_state, on_step=on_step, rank=rank, world=world,
+                    precision=config.stage_precision(stage))
 
 
 @dataclass

@@ -116,7 +116,7 @@ def run_stage(config: ExperimentConfig, stage: str, out: str | Path, init_checkp
     optim = prepared.optim
     with log_progress(stage, prepared.meta["method"], optim) as logger:
         train_steps(prepared.model, prepared.sampler, optim, config.seed, torch.device(config.device), on_step=logger,
-                    precision=config.precision)
+                    precision=config.stage_precision(stage))
     return save_checkpoint(out, prepared.model, prepared.meta)
 
 
