@@ -7,6 +7,7 @@ import torch
 
 from prunebench.evaluation.accounting import TokenAccountant
 from prunebench.evaluation.flops import backbone_cost
+from prunebench.evaluation.vis_eval import CountedBackbone
 from prunebench.models import create_backbone
 
 IMAGE = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
@@ -76,6 +77,26 @@ def test_vpp_map_sm_cost_is_counted():
     # similarity N×N'×D plus the Map-SM scorer; SM selectors run on both frames
     assert second.gmacs_pruner - first.gmacs_pruner >= n * n * d / 1e9
 
+
+@pytest.mark.parametrize("method, params", [("random", {"rho": 0.7}), ("dynamicvit", {"rho": 0.7}), ("vpp", {})])
+def test_evaluation_counts_equal_a_count_of_every_frame(method, params):
+    """The evaluation counts an image-independent method once per input size: every frame's GMACs, output and
+    random draws are those of counting that frame (an image-dependent one, VPP, is counted every frame)."""
+    model = create_backbone("vit_tiny", method, params).eval()
+    counted = CountedBackbone(model)
+    frames = [torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(i))
+              for i, size in enumerate([(64, 96)] * 3 + [(96, 64)] * 2 + [(64, 96)])]
+    generator, reference = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    state = reference_state = None
+    with torch.inference_mode():
+        for image in frames:
+            output, gmacs = counted(image, state=state, generator=generator)
+            expected = backbone_cost(model, image, state=reference_state, generator=reference)
+            assert gmacs == expected.gmacs
+            assert torch.equal(output.block_keep, expected.output.block_keep)
+            assert torch.equal(output.features, expected.output.features)
+            state, reference_state = output.state, expected.output.state
+    assert set(counted.per_size) == {(64, 96), (96, 64)}
 
 def test_accountant_averages_over_frames():
     acc = TokenAccountant()

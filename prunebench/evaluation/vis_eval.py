@@ -179,6 +179,30 @@ def _measure_fps(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max
             "timed_frames": len(model_ms) - skip, "timing_threads": config.threads}
 
 
+class CountedBackbone:
+    """A backbone call that also returns the pass's GMACs, counted on the executed graph (``backbone_cost``).
+
+    A method whose kept counts depend on the image (``image_dependent``: VPP, SViT) is counted on every
+    frame. Every other method executes the same graph for every frame of one input size, so its first
+    frame of each size is counted and the later ones run uncounted with that count (the counter's dispatch
+    costs 1.5-2x the forward itself on a 112-token frame on the CPU): the same numbers, outputs and random
+    draws. ``per_size`` holds the last count of each input size.
+    """
+
+    def __init__(self, backbone: torch.nn.Module):
+        self.backbone = backbone
+        self.per_size: dict[tuple[int, int], float] = {}
+
+    def __call__(self, image: torch.Tensor, **forward_kwargs: Any) -> tuple[Any, float]:
+        """The backbone's output on ``image`` and the pass's GMACs."""
+        size = (int(image.shape[-2]), int(image.shape[-1]))
+        if self.backbone.method.image_dependent or size not in self.per_size:
+            cost = backbone_cost(self.backbone, image, **forward_kwargs)
+            self.per_size[size] = cost.gmacs
+            return cost.output, cost.gmacs
+        return self.backbone(image, **forward_kwargs), self.per_size[size]
+
+
 @dataclass
 class Evaluation:
     """What ``evaluate`` returns: metrics, official results, and keep masks of the first frames."""
@@ -202,7 +226,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
     tracker, accountant, ioi = QueryTracker(config.top_k, config.nms_iou), TokenAccountant(), IoIMeter()
     foreground_share, recovery = ForegroundMeter(), RecoveryMeter()
     dense = create_backbone(model.backbone.backbone_name, "dense", adapter=model.backbone.adapter_name).to(device).eval()
-    dense_gmacs: dict[tuple[int, int], float] = {}
+    counted, dense_counted = CountedBackbone(model.backbone), CountedBackbone(dense)
     results, gmacs, kept_examples = [], [], []
     needs_foreground = model.backbone.method.needs_foreground
     frames = Progress("eval", sum(len(video) for video in dataset.videos), "frames", logger=log)
@@ -216,16 +240,13 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
                     first_frames.append((image, patches))
                 foreground = patches.any(dim=0)[None].to(device) if needs_foreground else None
                 with autocast(precision, device):
-                    cost = backbone_cost(model.backbone, image, state=state, generator=generator, foreground=foreground)
-                    frame = model.decode(image, cost.output)
-                backbone_out = cost.output
+                    backbone_out, frame_gmacs = counted(image, state=state, generator=generator, foreground=foreground)
+                    frame = model.decode(image, backbone_out)
                 state = backbone_out.state
                 tracker.step(frame.class_logits[0], frame.mask_logits[0], frame.query_embeddings[0])
                 accountant.update(backbone_out.block_keep)
-                gmacs.append(cost.gmacs)
-                size = tuple(image.shape[-2:])
-                if size not in dense_gmacs:
-                    dense_gmacs[size] = backbone_cost(dense, image).gmacs
+                gmacs.append(frame_gmacs)
+                dense_counted(image)
                 keep = backbone_out.block_keep[:, 0].float().cpu()
                 _update_ioi(ioi, video, t, patches, keep, areas)
                 foreground_share.update(patches.any(dim=0), keep)
@@ -248,7 +269,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
             "fg_precision": foreground_share.result(),
             "recovery": recovery.result(),
             "gmacs": float(np.mean(gmacs)),
-            "gmacs_dense": float(np.mean([dense_gmacs[s] for s in dense_gmacs])),
+            "gmacs_dense": float(np.mean(list(dense_counted.per_size.values()))),
             "frames": accountant.frames,
             "seed": config.seed,
             "threads": config.threads,
