@@ -29,3 +29,8 @@ def test_train_step_splits_a_step_into_its_phases():
     for phase in ("data", "backbone", "pixel decoder", "loss + matching", "optimizer", "backward + rest", "step"):
         assert f"| {phase} |" in out, phase
     assert "| fp32 |" in out and "| 1.00 | 1.00 |" in out
+
+
+def test_eval_counting_times_the_three_ways_per_method():
+    out = _run("eval_counting.py", "--methods", "dynamicvit", "vpp", "--frames", "2", "--repeats", "1")
+    assert "| dynamicvit | no |" in out and "| vpp | yes |" in out
