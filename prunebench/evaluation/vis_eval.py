@@ -184,9 +184,9 @@ class CountedBackbone:
 
     A method whose kept counts depend on the image (``image_dependent``: VPP, SViT) is counted on every
     frame. Every other method executes the same graph for every frame of one input size, so its first
-    frame of each size is counted and the later ones run uncounted with that count (the counter's dispatch
-    costs 1.5-2x the forward itself on a 112-token frame on the CPU): the same numbers, outputs and random
-    draws. ``per_size`` holds the last count of each input size.
+    frame of each size is counted and the later ones run uncounted with that count (a counted pass of a
+    112-token frame takes 2-3.3x the plain one on the CPU: ``benchmarks/eval_counting.py``): the same numbers,
+    outputs and random draws. ``per_size`` holds the last count of each input size.
     """
 
     def __init__(self, backbone: torch.nn.Module):
