@@ -55,7 +55,7 @@ def test_unknown_key_in_yaml(tmp_path):
 
 def test_unknown_section_in_yaml(tmp_path):
     path = _write(tmp_path, "trainig:\n  steps: 5\n")
-    assert _fails(path).startswith(f"{path}: unknown key 'trainig'; allowed: name, seed, device, precision, out, data")
+    assert _fails(path).startswith(f"{path}: unknown key 'trainig'; allowed: name, seed, device, precision, dense_precision, out, data")
 
 
 def test_wrong_type_in_yaml(tmp_path):
@@ -230,8 +230,12 @@ def test_extends_lays_a_config_over_its_base(tmp_path):
     assert (config.name, config.train.steps, config.train.lr, config.benchmark.seeds) == ("top", 9, 0.1, (5,))
     adapter, plain = load_config("benchmark-cpu-adapter"), load_config("benchmark-cpu")
     assert adapter.model.adapter == "vit_adapter" and plain.model.adapter == "none"
-    assert (adapter.finetune, adapter.train, adapter.benchmark.seeds, adapter.benchmark.settings, adapter.data.synth) == (
-        plain.finetune, plain.train, plain.benchmark.seeds, plain.benchmark.settings, plain.data.synth)
+    assert (adapter.train, adapter.benchmark.seeds, adapter.benchmark.settings, adapter.data.synth) == (
+        plain.train, plain.benchmark.seeds, plain.benchmark.settings, plain.data.synth)
+    # the adapter run keeps the fp32 / 0.67-milestone protocol it was measured under
+    assert adapter.finetune.model_copy(update={"milestones": plain.finetune.milestones}) == plain.finetune
+    assert (adapter.precision, adapter.finetune.milestones, plain.precision, plain.dense_precision) == (
+        "fp32", (0.67,), "bf16", "fp32")
     assert load_config("paper-small").model.backbone == "vit_small" and load_config("paper-small").model.adapter == "vit_adapter"
 
 
