@@ -226,7 +226,8 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
     tracker, accountant, ioi = QueryTracker(config.top_k, config.nms_iou), TokenAccountant(), IoIMeter()
     foreground_share, recovery = ForegroundMeter(), RecoveryMeter()
     dense = create_backbone(model.backbone.backbone_name, "dense", adapter=model.backbone.adapter_name).to(device).eval()
-    counted, dense_counted = CountedBackbone(model.backbone), CountedBackbone(dense)
+    counted = CountedBackbone(model.backbone)
+    dense_gmacs: dict[tuple[int, int], float] = {}
     results, gmacs, kept_examples = [], [], []
     needs_foreground = model.backbone.method.needs_foreground
     frames = Progress("eval", sum(len(video) for video in dataset.videos), "frames", logger=log)
@@ -246,7 +247,9 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
                 tracker.step(frame.class_logits[0], frame.mask_logits[0], frame.query_embeddings[0])
                 accountant.update(backbone_out.block_keep)
                 gmacs.append(frame_gmacs)
-                dense_counted(image)
+                size = tuple(image.shape[-2:])
+                if size not in dense_gmacs:
+                    dense_gmacs[size] = backbone_cost(dense, image).gmacs
                 keep = backbone_out.block_keep[:, 0].float().cpu()
                 _update_ioi(ioi, video, t, patches, keep, areas)
                 foreground_share.update(patches.any(dim=0), keep)
@@ -269,7 +272,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
             "fg_precision": foreground_share.result(),
             "recovery": recovery.result(),
             "gmacs": float(np.mean(gmacs)),
-            "gmacs_dense": float(np.mean(list(dense_counted.per_size.values()))),
+            "gmacs_dense": float(np.mean(list(dense_gmacs.values()))),
             "frames": accountant.frames,
             "seed": config.seed,
             "threads": config.threads,
