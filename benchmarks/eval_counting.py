@@ -30,9 +30,7 @@ from prunebench.evaluation.flops import backbone_cost
 from prunebench.evaluation.vis_eval import CountedBackbone
 from prunebench.models.vit import create_backbone
 
-PARAMS = {"random": {"rho": 0.7}, "dynamicvit": {"rho": 0.7}, "tps": {"rho": 0.7}, "oracle": {"rho": 0.7}}
-
-
+PARAMS = {"random": {"rho": 0.7}, "dynamicvit": {"rho": 0.7}, "tps": {"rho": 0.7}}
 WAYS = ["plain", "every frame", "counted"]
 
 

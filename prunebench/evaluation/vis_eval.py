@@ -202,6 +202,14 @@ class CountedBackbone:
             return cost.output, cost.gmacs
         return self.backbone(image, **forward_kwargs), self.per_size[size]
 
+    def size_gmacs(self, image: torch.Tensor) -> float:
+        """GMACs of a pass at ``image``'s size, counted on the first image of the size and not run again (for a
+        reference that only needs its cost, such as the dense backbone beside a pruned one)."""
+        size = (int(image.shape[-2]), int(image.shape[-1]))
+        if size not in self.per_size:
+            self.per_size[size] = backbone_cost(self.backbone, image).gmacs
+        return self.per_size[size]
+
 
 @dataclass
 class Evaluation:
@@ -225,9 +233,9 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
     lead_in_generator = torch.Generator(device=device).manual_seed(config.seed)  # the main pass's draws stay its own
     tracker, accountant, ioi = QueryTracker(config.top_k, config.nms_iou), TokenAccountant(), IoIMeter()
     foreground_share, recovery = ForegroundMeter(), RecoveryMeter()
-    dense = create_backbone(model.backbone.backbone_name, "dense", adapter=model.backbone.adapter_name).to(device).eval()
+    dense = CountedBackbone(create_backbone(model.backbone.backbone_name, "dense",
+                                            adapter=model.backbone.adapter_name).to(device).eval())
     counted = CountedBackbone(model.backbone)
-    dense_gmacs: dict[tuple[int, int], float] = {}
     results, gmacs, kept_examples = [], [], []
     needs_foreground = model.backbone.method.needs_foreground
     frames = Progress("eval", sum(len(video) for video in dataset.videos), "frames", logger=log)
@@ -247,9 +255,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
                 tracker.step(frame.class_logits[0], frame.mask_logits[0], frame.query_embeddings[0])
                 accountant.update(backbone_out.block_keep)
                 gmacs.append(frame_gmacs)
-                size = tuple(image.shape[-2:])
-                if size not in dense_gmacs:
-                    dense_gmacs[size] = backbone_cost(dense, image).gmacs
+                dense.size_gmacs(image)
                 keep = backbone_out.block_keep[:, 0].float().cpu()
                 _update_ioi(ioi, video, t, patches, keep, areas)
                 foreground_share.update(patches.any(dim=0), keep)
@@ -272,7 +278,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
             "fg_precision": foreground_share.result(),
             "recovery": recovery.result(),
             "gmacs": float(np.mean(gmacs)),
-            "gmacs_dense": float(np.mean(list(dense_gmacs.values()))),
+            "gmacs_dense": float(np.mean(list(dense.per_size.values()))),
             "frames": accountant.frames,
             "seed": config.seed,
             "threads": config.threads,
