@@ -11,6 +11,8 @@ from torch import Tensor
 
 from prunebench.errors import ConfigError
 
+_ALLOWED = "an existing timm ViT state dict, as .safetensors or a torch file read with weights_only"
+
 
 def read_timm_state(path: str | Path) -> dict[str, Tensor]:
     """The state dict of a local timm ViT checkpoint: safetensors, or a torch file read with
@@ -22,10 +24,11 @@ def read_timm_state(path: str | Path) -> dict[str, Tensor]:
         state: Any = load_file(path) if str(path).endswith(".safetensors") else torch.load(path, map_location="cpu",
                                                                                          weights_only=True)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: pretrained weights not found") from None
+        raise ConfigError(f"{path}: pretrained weights not found; allowed: {_ALLOWED}") from None
     except Exception as error:  # torch/safetensors raise several types on a bad file
-        raise ConfigError(f"{path}: cannot read pretrained weights ({error})") from None
+        raise ConfigError(f"{path}: cannot read pretrained weights ({error}); allowed: {_ALLOWED}") from None
     state = state.get("model", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ConfigError(f"{path}: cannot read pretrained weights (not a mapping of names to tensors)")
+        raise ConfigError(f"{path}: cannot read pretrained weights (not a mapping of names to tensors); "
+                          f"allowed: {_ALLOWED}")
     return state

@@ -26,6 +26,7 @@ from prunebench.errors import ConfigError
 
 CODE_VERSION_ENV = "PRUNEBENCH_CODE_VERSION"
 _COMMIT_IN_VERSION = re.compile(r"(?:^|[-+]g)([0-9a-f]{7,40})(?:[-.]dirty)?$")
+_ALLOWED = "a prunebench checkpoint (the .safetensors file train or finetune writes)"
 
 
 @functools.cache
@@ -115,11 +116,11 @@ def _open(path: str | Path, tensors: bool) -> tuple[dict[str, Any], dict[str, Te
             meta = (handle.metadata() or {}).get("prunebench")
             weights = {k: handle.get_tensor(k) for k in handle.keys()} if tensors and meta is not None else {}
     except FileNotFoundError:
-        raise ConfigError(f"{path}: checkpoint not found") from None
+        raise ConfigError(f"{path}: checkpoint not found; allowed: {_ALLOWED}") from None
     except Exception as error:  # safetensors raises its own error types on a corrupt header
-        raise ConfigError(f"{path}: not a safetensors checkpoint ({error})") from None
+        raise ConfigError(f"{path}: not a safetensors checkpoint ({error}); allowed: {_ALLOWED}") from None
     if meta is None:
-        raise ConfigError(f"{path}: not a prunebench checkpoint (no 'prunebench' metadata)")
+        raise ConfigError(f"{path}: not a prunebench checkpoint (no 'prunebench' metadata); allowed: {_ALLOWED}")
     return json.loads(meta), weights
 
 
