@@ -34,3 +34,13 @@ def test_train_step_splits_a_step_into_its_phases():
 def test_eval_counting_times_the_three_ways_per_method():
     out = _run("eval_counting.py", "--methods", "dynamicvit", "vpp", "--frames", "2", "--repeats", "1")
     assert "| dynamicvit | no |" in out and "| vpp | yes |" in out
+
+
+def test_attention_kernels_times_both_kernels_and_marks_the_chosen_one():
+    out = _run("attention_kernels.py", "--tokens", "112", "480", "--runs", "1", "--warmup", "0", "--batch", "1")
+    assert "| forward + backward | bf16 | 112 |" in out and "| forward | fp32 | 480 |" in out
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:4]): line for line in out.splitlines()
+            if line.startswith("| forward")}
+    assert rows[("forward + backward", "bf16", "112")].split("|")[5].strip().endswith("*")  # math, short bf16 training
+    assert rows[("forward + backward", "bf16", "480")].split("|")[4].strip().endswith("*")  # fused
+    assert rows[("forward", "bf16", "112")].split("|")[4].strip().endswith("*")  # fused: no backward pass
