@@ -1,7 +1,6 @@
 """The attention kernel choice: the math kernel only for short bf16 training passes on a CPU, the same
 function on both kernels, and ``SplitBlock`` computing timm's block."""
 
-import prunebench  # noqa: F401  (torchvision guard before timm)
 import pytest
 import torch
 import torch.nn.functional as F
