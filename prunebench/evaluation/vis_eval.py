@@ -179,6 +179,11 @@ def _measure_fps(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max
             "timed_frames": len(model_ms) - skip, "timing_threads": config.threads}
 
 
+def _input_size(image: torch.Tensor) -> tuple[int, int]:
+    """``(height, width)`` of an image batch: the key of ``CountedBackbone``'s per-size counts."""
+    return int(image.shape[-2]), int(image.shape[-1])
+
+
 class CountedBackbone:
     """A backbone call that also returns the pass's GMACs, counted on the executed graph (``backbone_cost``).
 
@@ -195,7 +200,7 @@ class CountedBackbone:
 
     def __call__(self, image: torch.Tensor, **forward_kwargs: Any) -> tuple[Any, float]:
         """The backbone's output on ``image`` and the pass's GMACs."""
-        size = (int(image.shape[-2]), int(image.shape[-1]))
+        size = _input_size(image)
         if self.backbone.method.image_dependent or size not in self.per_size:
             cost = backbone_cost(self.backbone, image, **forward_kwargs)
             self.per_size[size] = cost.gmacs
@@ -205,7 +210,7 @@ class CountedBackbone:
     def size_gmacs(self, image: torch.Tensor) -> float:
         """GMACs of a pass at ``image``'s size, counted on the first image of the size and not run again (for a
         reference that only needs its cost, such as the dense backbone beside a pruned one)."""
-        size = (int(image.shape[-2]), int(image.shape[-1]))
+        size = _input_size(image)
         if size not in self.per_size:
             self.per_size[size] = backbone_cost(self.backbone, image).gmacs
         return self.per_size[size]
