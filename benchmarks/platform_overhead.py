@@ -1,11 +1,14 @@
 """What the platform costs: Ray Train vs a bare PyTorch loop, and 1 vs 2 concurrent Tune trials.
 
-    python benchmarks/platform_overhead.py [--steps 40 --trials 8]
+    python benchmarks/platform_overhead.py [--steps 200 --repeats 3 --trials 8]
 
-1. The same dense training stage (model, data, seed, steps) in this process with the plain loop,
-   then through Ray Train (``TorchTrainer``, 1 worker with the same threads): the mean seconds per
-   step over all steps (each step timed inside the loop the same way on both; Ray's workers report
-   the mean of each epoch) and total wall time including Ray's start-up.
+1. The same dense training stage (model, data, seed, steps) in this process with the plain loop
+   and through Ray Train (``TorchTrainer``, 1 worker with the same threads; a local Ray started for
+   the run and shut down after it), ``--repeats`` times in alternating order (bare first, then Ray
+   first, ...), because this machine's speed drifts by more than the effect sought. Each run's
+   steady step time is the mean over the steps after the first epoch (the first epoch warms up the
+   allocator and caches; Ray's workers report one mean per epoch). Per pair: Ray ÷ bare; the summary
+   is their median and range, and the wall time including Ray's start-up.
 2. A sweep of ``--trials`` short DynamicViT fine-tune+eval trials (Ray Tune + Optuna) with 2 CPUs
    per trial (1 concurrent) vs 1 CPU per trial (2 concurrent) on this 2-core machine.
 """
@@ -40,18 +43,23 @@ def config_for(root: Path, steps: int, threads: int):
     })
 
 
-def bare(config) -> tuple[float, float]:
-    """(mean seconds per step, total wall seconds) of the plain loop."""
+def steps_per_epoch(config) -> int:
+    """Steps of one pass over the training clips (one report of a Ray Train worker)."""
+    return max(1, len(prepare_stage(config, "train").sampler) // config.train.batch_size)
+
+
+def bare(config, epoch: int) -> tuple[float, float]:
+    """(mean seconds per step after the first epoch, total wall seconds) of the plain loop."""
     begin = time.perf_counter()
     prepared = prepare_stage(config, "train")
     seconds: list[float] = []
     train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, torch.device("cpu"),
                 on_step=lambda m, o: seconds.append(m.seconds))
-    return statistics.fmean(seconds), time.perf_counter() - begin
+    return statistics.fmean(seconds[epoch:]), time.perf_counter() - begin
 
 
 def through_ray(config, threads: int) -> tuple[float, float]:
-    """(mean seconds per step over all steps, total wall seconds incl. Ray start-up) on Ray Train."""
+    """(mean seconds per step after the first epoch, total wall seconds incl. Ray start-up) on Ray Train."""
     begin = time.perf_counter()
     connect(None, num_cpus=2)
     result = train_on_ray(config, "train", Path(config.out) / "ray_dense.safetensors", scaling=Scaling(1, False, threads))
@@ -59,8 +67,8 @@ def through_ray(config, threads: int) -> tuple[float, float]:
     ray.shutdown()
     # each report is the mean over the steps since the previous one: weight it by their number
     steps = [r["step"] for r in result.history]
-    windows = [b - a for a, b in zip([0, *steps], steps)]
-    per_step = sum(w * r["seconds_per_step"] for w, r in zip(windows, result.history)) / steps[-1]
+    windows = [b - a for a, b in zip(steps, steps[1:])]
+    per_step = sum(w * r["seconds_per_step"] for w, r in zip(windows, result.history[1:])) / sum(windows)
     return per_step, wall
 
 
@@ -75,22 +83,39 @@ def sweep(config, dense: Path, trials: int, cpus_per_trial: int, name: str) -> f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=200, help="steps per run (at least two epochs: 32)")
+    parser.add_argument("--repeats", type=int, default=3, help="bare / Ray Train pairs, in alternating order")
     parser.add_argument("--trials", type=int, default=8, help="trials of the sweep comparison (0: skip it)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: allowed: 1 or more")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         config = config_for(root, args.steps, args.threads)
         load_datasets(config)
-        bare_step, bare_wall = bare(config)
-        ray_step, ray_wall = through_ray(config, args.threads)
-        print(f"\nTraining stage: {args.steps} steps of batch 4 at 128x224, vit_tiny + Mask2Former head, {args.threads} threads\n")
-        print("| path | s/step | step ratio (ray / bare) | wall s (incl. start-up) | wall ratio |")
-        print("|---|---:|---:|---:|---:|")
-        print(f"| bare PyTorch loop | {bare_step:.3f} | 1.00 | {bare_wall:.1f} | 1.00 |")
-        print(f"| Ray Train (1 worker) | {ray_step:.3f} | {ray_step / bare_step:.2f} | {ray_wall:.1f} | {ray_wall / bare_wall:.2f} |")
+        epoch = steps_per_epoch(config)
+        if args.steps < 2 * epoch:
+            parser.error(f"--steps {args.steps}: allowed: at least two epochs ({2 * epoch} steps); the first is warm-up")
+        rows = []
+        for repeat in range(args.repeats):
+            ray_first = repeat % 2 == 1
+            if ray_first:
+                ray_step, ray_wall = through_ray(config, args.threads)
+            bare_step, bare_wall = bare(config, epoch)
+            if not ray_first:
+                ray_step, ray_wall = through_ray(config, args.threads)
+            rows.append((repeat + 1, "Ray, bare" if ray_first else "bare, Ray", bare_step, ray_step, bare_wall, ray_wall))
+        print(f"\nTraining stage: {args.steps} steps of batch 4 at 128x224, vit_tiny + Mask2Former head, {args.threads} threads; "
+              f"s/step is the mean after the first epoch ({epoch} steps)\n")
+        print("| pair | order | bare s/step | Ray Train s/step | Ray ÷ bare | bare wall s | Ray wall s (incl. start-up) |")
+        print("|---:|---|---:|---:|---:|---:|---:|")
+        for pair, order, bare_step, ray_step, bare_wall, ray_wall in rows:
+            print(f"| {pair} | {order} | {bare_step:.3f} | {ray_step:.3f} | {ray_step / bare_step:.2f} | {bare_wall:.1f} | {ray_wall:.1f} |")
+        ratios = [r[3] / r[2] for r in rows]
+        print(f"\nRay Train ÷ bare loop, per step: median {statistics.median(ratios):.2f} "
+              f"(range {min(ratios):.2f}–{max(ratios):.2f} over {len(ratios)} pairs)")
         if args.trials < 1:
             return
         dense = run_stage(config, "train", root / "dense.safetensors")
