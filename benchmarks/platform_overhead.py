@@ -58,11 +58,13 @@ def bare(config, epoch: int) -> tuple[float, float]:
     return statistics.fmean(seconds[epoch:]), time.perf_counter() - begin
 
 
-def through_ray(config, threads: int) -> tuple[float, float]:
-    """(mean seconds per step after the first epoch, total wall seconds incl. Ray start-up) on Ray Train."""
+def through_ray(config, threads: int, name: str) -> tuple[float, float]:
+    """(mean seconds per step after the first epoch, total wall seconds incl. Ray start-up) on Ray Train;
+    ``name``: the Ray Train run's, new for every run (a run of an existing name resumes from its checkpoint)."""
     begin = time.perf_counter()
     connect(None, num_cpus=2)
-    result = train_on_ray(config, "train", Path(config.out) / "ray_dense.safetensors", scaling=Scaling(1, False, threads))
+    result = train_on_ray(config, "train", Path(config.out) / f"{name}.safetensors", scaling=Scaling(1, False, threads),
+                          name=name)
     wall = time.perf_counter() - begin
     ray.shutdown()
     # each report is the mean over the steps since the previous one: weight it by their number
@@ -102,10 +104,10 @@ def main() -> None:
         for repeat in range(args.repeats):
             ray_first = repeat % 2 == 1
             if ray_first:
-                ray_step, ray_wall = through_ray(config, args.threads)
+                ray_step, ray_wall = through_ray(config, args.threads, f"overhead-{repeat + 1}")
             bare_step, bare_wall = bare(config, epoch)
             if not ray_first:
-                ray_step, ray_wall = through_ray(config, args.threads)
+                ray_step, ray_wall = through_ray(config, args.threads, f"overhead-{repeat + 1}")
             rows.append((repeat + 1, "Ray, bare" if ray_first else "bare, Ray", bare_step, ray_step, bare_wall, ray_wall))
         print(f"\nTraining stage: {args.steps} steps of batch 4 at 128x224, vit_tiny + Mask2Former head, {args.threads} threads; "
               f"s/step is the mean after the first epoch ({epoch} steps)\n")

@@ -44,3 +44,20 @@ def test_attention_kernels_times_both_kernels_and_marks_the_chosen_one():
     assert rows[("forward + backward", "bf16", "112")].split("|")[5].strip().endswith("*")  # math, short bf16 training
     assert rows[("forward + backward", "bf16", "480")].split("|")[4].strip().endswith("*")  # fused
     assert rows[("forward", "bf16", "112")].split("|")[4].strip().endswith("*")  # fused: no backward pass
+
+
+def test_platform_overhead_times_bare_and_ray_train_after_the_warm_up_epoch():
+    out = _run("platform_overhead.py", "--steps", "32", "--repeats", "1", "--trials", "0", "--threads", "1")
+    assert "mean after the first epoch (16 steps)" in out
+    row = next(line for line in out.splitlines() if line.startswith("| 1 | bare, Ray |"))
+    bare_step, ray_step, ratio = (float(cell) for cell in row.split("|")[3:6])
+    assert bare_step > 0 and ray_step > 0 and abs(ratio - ray_step / bare_step) < 0.01
+    assert "Ray Train ÷ bare loop, per step: median" in out
+
+
+def test_platform_overhead_refuses_fewer_steps_than_two_epochs():
+    done = subprocess.run([sys.executable, "-W", "ignore", str(ROOT / "benchmarks" / "platform_overhead.py"),
+                           "--steps", "20", "--trials", "0"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 2
+    assert "--steps 20: allowed: at least two epochs (32 steps)" in done.stderr
+    assert "Traceback" not in done.stderr
