@@ -48,18 +48,18 @@ def steps_per_epoch(config) -> int:
     return max(1, len(prepare_stage(config, "train").sampler) // config.train.batch_size)
 
 
-def bare(config, epoch: int) -> tuple[float, float]:
-    """(mean seconds per step after the first epoch, total wall seconds) of the plain loop."""
+def bare(config, epoch: int) -> tuple[float, float, float]:
+    """(mean seconds per step of the first epoch, after it, total wall seconds) of the plain loop."""
     begin = time.perf_counter()
     prepared = prepare_stage(config, "train")
     seconds: list[float] = []
     train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, torch.device("cpu"),
                 on_step=lambda m, o: seconds.append(m.seconds))
-    return statistics.fmean(seconds[epoch:]), time.perf_counter() - begin
+    return statistics.fmean(seconds[:epoch]), statistics.fmean(seconds[epoch:]), time.perf_counter() - begin
 
 
-def through_ray(config, threads: int, name: str) -> tuple[float, float]:
-    """(mean seconds per step after the first epoch, total wall seconds incl. Ray start-up) on Ray Train;
+def through_ray(config, threads: int, name: str) -> tuple[float, float, float]:
+    """(mean seconds per step of the first epoch, after it, total wall seconds incl. Ray start-up) on Ray Train;
     ``name``: the Ray Train run's, new for every run (a run of an existing name resumes from its checkpoint)."""
     begin = time.perf_counter()
     connect(None, num_cpus=2)
@@ -71,7 +71,7 @@ def through_ray(config, threads: int, name: str) -> tuple[float, float]:
     steps = [r["step"] for r in result.history]
     windows = [b - a for a, b in zip(steps, steps[1:])]
     per_step = sum(w * r["seconds_per_step"] for w, r in zip(windows, result.history[1:])) / sum(windows)
-    return per_step, wall
+    return result.history[0]["seconds_per_step"], per_step, wall
 
 
 def sweep(config, dense: Path, trials: int, cpus_per_trial: int, name: str) -> float:
@@ -104,18 +104,20 @@ def main() -> None:
         for repeat in range(args.repeats):
             ray_first = repeat % 2 == 1
             if ray_first:
-                ray_step, ray_wall = through_ray(config, args.threads, f"overhead-{repeat + 1}")
-            bare_step, bare_wall = bare(config, epoch)
+                ray_run = through_ray(config, args.threads, f"overhead-{repeat + 1}")
+            bare_run = bare(config, epoch)
             if not ray_first:
-                ray_step, ray_wall = through_ray(config, args.threads, f"overhead-{repeat + 1}")
-            rows.append((repeat + 1, "Ray, bare" if ray_first else "bare, Ray", bare_step, ray_step, bare_wall, ray_wall))
+                ray_run = through_ray(config, args.threads, f"overhead-{repeat + 1}")
+            rows.append((repeat + 1, "Ray, bare" if ray_first else "bare, Ray", *bare_run, *ray_run))
         print(f"\nTraining stage: {args.steps} steps of batch 4 at 128x224, vit_tiny + Mask2Former head, {args.threads} threads; "
               f"s/step is the mean after the first epoch ({epoch} steps)\n")
-        print("| pair | order | bare s/step | Ray Train s/step | Ray ÷ bare | bare wall s | Ray wall s (incl. start-up) |")
-        print("|---:|---|---:|---:|---:|---:|---:|")
-        for pair, order, bare_step, ray_step, bare_wall, ray_wall in rows:
-            print(f"| {pair} | {order} | {bare_step:.3f} | {ray_step:.3f} | {ray_step / bare_step:.2f} | {bare_wall:.1f} | {ray_wall:.1f} |")
-        ratios = [r[3] / r[2] for r in rows]
+        print("| pair | order | bare s/step | Ray Train s/step | Ray ÷ bare | first epoch: bare | first epoch: Ray "
+              "| bare wall s | Ray wall s (incl. start-up) |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+        for pair, order, bare_warm, bare_step, bare_wall, ray_warm, ray_step, ray_wall in rows:
+            print(f"| {pair} | {order} | {bare_step:.3f} | {ray_step:.3f} | {ray_step / bare_step:.2f} | {bare_warm:.3f} "
+                  f"| {ray_warm:.3f} | {bare_wall:.1f} | {ray_wall:.1f} |")
+        ratios = [r[6] / r[3] for r in rows]
         print(f"\nRay Train ÷ bare loop, per step: median {statistics.median(ratios):.2f} "
               f"(range {min(ratios):.2f}–{max(ratios):.2f} over {len(ratios)} pairs)")
         if args.trials < 1:
