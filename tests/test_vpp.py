@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prunebench.models import create_backbone
-from prunebench.models.pruning import hard_gumbel_keep
+from prunebench.models.pruning import gumbel_noise, hard_gumbel_keep
 from prunebench.models.vpp import spatial_prior
 
 N = 196
@@ -97,10 +97,33 @@ def test_inference_noise_is_seeded_and_deterministic_option_has_none(clip):
 
 
 def test_spatial_prior_values():
-    prior = spatial_prior(torch.arange(4)[None], (2, 2), (2, 2))[0]
+    prior = spatial_prior((2, 2), (2, 2), torch.device("cpu"))
     assert prior[0, 0] == pytest.approx(1.0, abs=1e-6)  # same position
     assert prior[0, 3] == pytest.approx(-6.0, abs=1e-3)  # opposite corners, δ = 2
     assert prior[0, 1] == pytest.approx(math.log10(5 + 1e-6), abs=1e-6)  # δ = 1
+
+
+def test_spatial_prior_is_built_once_per_grid_pair_and_serves_training_after_inference():
+    cpu = torch.device("cpu")
+    spatial_prior.cache_clear()
+    with torch.inference_mode():
+        prior = spatial_prior((3, 5), (2, 4), cpu)
+    assert prior.shape == (15, 8) and not prior.is_inference()
+    assert spatial_prior((3, 5), (2, 4), cpu) is prior
+    for q, k in ((0, 0), (7, 3), (14, 4)):  # the formula, token by token (grid order, coordinates in [0, 1])
+        delta = abs((q % 5) / 4 - (k % 4) / 3) + abs((q // 5) / 2 - (k // 4) / 1)
+        assert prior[q, k].item() == pytest.approx(math.log10(10 * (2 - delta) / 2 + 1e-6), abs=1e-5)
+    scores = torch.randn(2, 15, 8, requires_grad=True)
+    (scores + prior).logsumexp(-1).sum().backward()  # a prior cached in inference mode joins an autograd graph
+    assert scores.grad is not None
+
+
+def test_gumbel_noise_in_place_matches_the_formula():
+    like = torch.empty(64, 33)
+    noise = gumbel_noise(like, torch.Generator().manual_seed(5))
+    u = torch.rand(like.shape, generator=torch.Generator().manual_seed(5))
+    expected = -torch.log(-torch.log(u.clamp(min=torch.finfo(u.dtype).tiny, max=1.0 - 1e-7)))
+    assert torch.equal(noise, expected)
 
 
 def test_scaled_gumbel_keep_probability():

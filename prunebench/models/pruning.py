@@ -35,7 +35,8 @@ def gumbel_noise(like: Tensor, generator: torch.Generator | None = None) -> Tens
     """I.i.d. Gumbel(0, 1) samples shaped like ``like`` (seeded by ``generator`` if given)."""
     u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
     tiny = torch.finfo(like.dtype).tiny
-    return -torch.log(-torch.log(u.clamp(min=tiny, max=1.0 - 1e-7)))
+    # −log(−log u), in place: the same values without four temporaries (VPP draws N × N' of them per frame)
+    return u.clamp_(min=tiny, max=1.0 - 1e-7).log_().neg_().log_().neg_()
 
 
 def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
