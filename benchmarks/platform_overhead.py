@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 import prunebench  # noqa: F401  (torchvision guard before timm)
 import ray
 import torch
+from scipy import stats
 
 from prunebench.config import load_config
 from prunebench.platform.ray_train import Scaling, connect, train_on_ray
@@ -74,6 +76,16 @@ def through_ray(config, threads: int, name: str) -> tuple[float, float, float]:
     return result.history[0]["seconds_per_step"], per_step, wall
 
 
+def ratio_interval(ratios: list[float]) -> str:
+    """The pairs' geometric mean ratio with its 95 % confidence interval (Student's t on the log ratios)."""
+    if len(ratios) < 2:
+        return ""
+    logs = [math.log(r) for r in ratios]
+    interval = stats.ttest_1samp(logs, 0.0).confidence_interval(0.95)
+    return (f"; geometric mean {math.exp(statistics.fmean(logs)):.3f}, "
+            f"95 % CI {math.exp(interval.low):.3f}–{math.exp(interval.high):.3f}")
+
+
 def sweep(config, dense: Path, trials: int, cpus_per_trial: int, name: str) -> float:
     begin = time.perf_counter()
     connect(None, num_cpus=2)
@@ -119,7 +131,7 @@ def main() -> None:
                   f"| {ray_warm:.3f} | {bare_wall:.1f} | {ray_wall:.1f} |")
         ratios = [r[6] / r[3] for r in rows]
         print(f"\nRay Train ÷ bare loop, per step: median {statistics.median(ratios):.2f} "
-              f"(range {min(ratios):.2f}–{max(ratios):.2f} over {len(ratios)} pairs)")
+              f"(range {min(ratios):.2f}–{max(ratios):.2f} over {len(ratios)} pairs){ratio_interval(ratios)}")
         if args.trials < 1:
             return
         dense = run_stage(config, "train", root / "dense.safetensors")

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -61,3 +63,17 @@ def test_platform_overhead_refuses_fewer_steps_than_two_epochs():
     assert done.returncode == 2
     assert "--steps 20: allowed: at least two epochs (32 steps)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_platform_overhead_interval_of_the_pairs_ratios():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from platform_overhead import ratio_interval
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert ratio_interval([1.1]) == ""  # one pair: no interval
+    text = ratio_interval([1.0, 1.1, 1.2])
+    mean = float(text.split("geometric mean ")[1].split(",")[0])
+    low, high = (float(x) for x in text.split("95 % CI ")[1].split("–"))
+    assert mean == pytest.approx((1.0 * 1.1 * 1.2) ** (1 / 3), abs=1e-3)
+    assert low < mean < high and low > 0.7 and high < 1.6
