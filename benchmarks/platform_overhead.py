@@ -8,7 +8,10 @@
    first, ...), because this machine's speed drifts by more than the effect sought. Each run's
    steady step time is the mean over the steps after the first epoch (the first epoch warms up the
    allocator and caches; Ray's workers report one mean per epoch). Per pair: Ray ÷ bare; the summary
-   is their median and range, and the wall time including Ray's start-up.
+   is their median and range, their geometric mean with a 95 % interval, and the wall time including
+   Ray's start-up. ``--idle-ray`` adds a third run to each pair, the plain loop in this process beside
+   an idle Ray Train run (a local Ray, its Train controller and one worker holding the same CPUs and
+   sleeping): what Ray's own processes cost a loop that uses every core, without Ray running it.
 2. A sweep of ``--trials`` short DynamicViT fine-tune+eval trials (Ray Tune + Optuna) with 2 CPUs
    per trial (1 concurrent) vs 1 CPU per trial (2 concurrent) on this 2-core machine.
 """
@@ -19,12 +22,15 @@ import argparse
 import math
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import prunebench  # noqa: F401  (torchvision guard before timm)
 import ray
+import ray.train
 import torch
+from ray.train.torch import TorchTrainer
 from scipy import stats
 
 from prunebench.config import load_config
@@ -76,6 +82,37 @@ def through_ray(config, threads: int, name: str) -> tuple[float, float, float]:
     return result.history[0]["seconds_per_step"], per_step, wall
 
 
+def _idle_worker(loop_config: dict) -> None:
+    """A Train worker that holds its CPUs and sleeps until the driver's stop file appears."""
+    Path(loop_config["started"]).touch()
+    while not Path(loop_config["stop"]).exists():
+        time.sleep(0.5)
+
+
+def beside_idle_ray(config, epoch: int, threads: int, name: str) -> tuple[float, float, float]:
+    """``bare`` in this process while a local Ray runs an idle Train run (controller + one sleeping worker)."""
+    connect(None, num_cpus=2)
+    folder = Path(config.out) / name
+    folder.mkdir(parents=True)
+    started, stop = folder / "started", folder / "stop"
+    trainer = TorchTrainer(_idle_worker, train_loop_config={"started": str(started), "stop": str(stop)},
+                           scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": threads}),
+                           run_config=ray.train.RunConfig(name=name, storage_path=str(folder / "ray_results")))
+    fit = threading.Thread(target=trainer.fit)
+    fit.start()
+    deadline = time.monotonic() + 300
+    while not started.exists():
+        if not fit.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the idle Ray Train run did not start")
+        time.sleep(0.5)
+    try:
+        return bare(config, epoch)
+    finally:
+        stop.touch()
+        fit.join()
+        ray.shutdown()
+
+
 def ratio_interval(ratios: list[float]) -> str:
     """The pairs' geometric mean ratio with its 95 % confidence interval (Student's t on the log ratios)."""
     if len(ratios) < 2:
@@ -101,6 +138,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="bare / Ray Train pairs, in alternating order")
     parser.add_argument("--trials", type=int, default=8, help="trials of the sweep comparison (0: skip it)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--idle-ray", action="store_true",
+                        help="also time the plain loop beside an idle Ray Train run (what Ray's processes cost it)")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: allowed: 1 or more")
@@ -115,23 +154,34 @@ def main() -> None:
         rows = []
         for repeat in range(args.repeats):
             ray_first = repeat % 2 == 1
+            name = f"overhead-{repeat + 1}"
             if ray_first:
-                ray_run = through_ray(config, args.threads, f"overhead-{repeat + 1}")
+                ray_run = through_ray(config, args.threads, name)
+            idle_run = beside_idle_ray(config, epoch, args.threads, f"{name}-idle") if args.idle_ray and ray_first else None
             bare_run = bare(config, epoch)
+            if args.idle_ray and not ray_first:
+                idle_run = beside_idle_ray(config, epoch, args.threads, f"{name}-idle")
             if not ray_first:
-                ray_run = through_ray(config, args.threads, f"overhead-{repeat + 1}")
-            rows.append((repeat + 1, "Ray, bare" if ray_first else "bare, Ray", *bare_run, *ray_run))
+                ray_run = through_ray(config, args.threads, name)
+            order = ["Ray", "idle Ray", "bare"] if ray_first else ["bare", "idle Ray", "Ray"]
+            rows.append((repeat + 1, ", ".join(o for o in order if args.idle_ray or o != "idle Ray"), bare_run, ray_run, idle_run))
         print(f"\nTraining stage: {args.steps} steps of batch 4 at 128x224, vit_tiny + Mask2Former head, {args.threads} threads; "
               f"s/step is the mean after the first epoch ({epoch} steps)\n")
-        print("| pair | order | bare s/step | Ray Train s/step | Ray ÷ bare | first epoch: bare | first epoch: Ray "
+        idle_head = " bare beside idle Ray s/step | idle ÷ bare |" if args.idle_ray else ""
+        print(f"| pair | order | bare s/step | Ray Train s/step | Ray ÷ bare |{idle_head} first epoch: bare | first epoch: Ray "
               "| bare wall s | Ray wall s (incl. start-up) |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-        for pair, order, bare_warm, bare_step, bare_wall, ray_warm, ray_step, ray_wall in rows:
-            print(f"| {pair} | {order} | {bare_step:.3f} | {ray_step:.3f} | {ray_step / bare_step:.2f} | {bare_warm:.3f} "
+        print("|---:|---|---:|---:|---:|" + ("---:|---:|" if args.idle_ray else "") + "---:|---:|---:|---:|")
+        for pair, order, (bare_warm, bare_step, bare_wall), (ray_warm, ray_step, ray_wall), idle_run in rows:
+            idle_cells = f" {idle_run[1]:.3f} | {idle_run[1] / bare_step:.2f} |" if idle_run else ""
+            print(f"| {pair} | {order} | {bare_step:.3f} | {ray_step:.3f} | {ray_step / bare_step:.2f} |{idle_cells} {bare_warm:.3f} "
                   f"| {ray_warm:.3f} | {bare_wall:.1f} | {ray_wall:.1f} |")
-        ratios = [r[6] / r[3] for r in rows]
+        ratios = [ray_run[1] / bare_run[1] for _, _, bare_run, ray_run, _ in rows]
         print(f"\nRay Train ÷ bare loop, per step: median {statistics.median(ratios):.2f} "
               f"(range {min(ratios):.2f}–{max(ratios):.2f} over {len(ratios)} pairs){ratio_interval(ratios)}")
+        if args.idle_ray:
+            idle = [idle_run[1] / bare_run[1] for _, _, bare_run, _, idle_run in rows]
+            print(f"Bare loop beside an idle Ray Train run ÷ bare loop alone: median {statistics.median(idle):.2f} "
+                  f"(range {min(idle):.2f}–{max(idle):.2f}){ratio_interval(idle)}")
         if args.trials < 1:
             return
         dense = run_stage(config, "train", root / "dense.safetensors")
