@@ -24,6 +24,8 @@ def test_backbone_latency_prints_a_table_per_size_and_the_summary():
     summary = out.split("Summary")[1]
     assert "| 112 tok, b1 | 240 tok, b1 |" in summary
     assert "| dynamicvit |" in summary and "| dense, fewer tokens |" in summary
+    rows = [line.split("|") for line in out.split("Summary")[0].splitlines() if line.startswith(("| dense", "| dynamicvit"))]
+    assert len(rows) == 6 and all(float(r[6]) <= float(r[5]) for r in rows)  # min ms: the fastest frame of all repeats
 
 
 def test_train_step_splits_a_step_into_its_phases():
