@@ -153,18 +153,15 @@ def main() -> None:
             parser.error(f"--steps {args.steps}: allowed: at least two epochs ({2 * epoch} steps); the first is warm-up")
         rows = []
         for repeat in range(args.repeats):
-            ray_first = repeat % 2 == 1
             name = f"overhead-{repeat + 1}"
-            if ray_first:
-                ray_run = through_ray(config, args.threads, name)
-            idle_run = beside_idle_ray(config, epoch, args.threads, f"{name}-idle") if args.idle_ray and ray_first else None
-            bare_run = bare(config, epoch)
-            if args.idle_ray and not ray_first:
-                idle_run = beside_idle_ray(config, epoch, args.threads, f"{name}-idle")
-            if not ray_first:
-                ray_run = through_ray(config, args.threads, name)
-            order = ["Ray", "idle Ray", "bare"] if ray_first else ["bare", "idle Ray", "Ray"]
-            rows.append((repeat + 1, ", ".join(o for o in order if args.idle_ray or o != "idle Ray"), bare_run, ray_run, idle_run))
+            runs = {"bare": lambda: bare(config, epoch),
+                    "idle Ray": lambda: beside_idle_ray(config, epoch, args.threads, f"{name}-idle"),
+                    "Ray": lambda: through_ray(config, args.threads, name)}
+            order = [kind for kind in runs if args.idle_ray or kind != "idle Ray"]
+            if repeat % 2:
+                order.reverse()
+            done = {kind: runs[kind]() for kind in order}
+            rows.append((repeat + 1, ", ".join(order), done["bare"], done["Ray"], done.get("idle Ray")))
         print(f"\nTraining stage: {args.steps} steps of batch 4 at 128x224, vit_tiny + Mask2Former head, {args.threads} threads; "
               f"s/step is the mean after the first epoch ({epoch} steps)\n")
         idle_head = " bare beside idle Ray s/step | idle ÷ bare |" if args.idle_ray else ""

@@ -102,7 +102,7 @@ class VPPParams:
         return tuple(self.kappa * self.q ** (s + 1) for s in range(len(self.sm_positions)))
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=2)  # a video's frames share one size: its pair, and the one before
 def spatial_prior(grid: tuple[int, int], key_grid: tuple[int, int], device: torch.device) -> Tensor:
     """Log-distance prior ``(N, N')`` between the current frame's tokens and the previous frame's, both
     in grid order (row-major).
