@@ -109,8 +109,8 @@ def spatial_prior(grid: tuple[int, int], key_grid: tuple[int, int], device: torc
 
     Coordinates are normalised per axis to [0, 1]; with the Manhattan distance δ ∈ [0, 2] the
     prior is ``log10(10·(2 − δ)/2 + 1e-6)``: 1 at the same place, −6 at opposite corners. It depends
-    on the two grids only, so it is computed once per pair (an ``N × N'`` matrix: at 960 tokens its
-    elementwise operations cost about a tenth of a vit_tiny frame); the cached tensor is never written to.
+    on the two grids only, so it is computed once per pair (an ``N × N'`` matrix: at 960 tokens building
+    it took about a tenth of a VPP frame); the cached tensor is never written to.
     """
 
     def coords(h: int, w: int) -> tuple[Tensor, Tensor]:
