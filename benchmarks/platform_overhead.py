@@ -34,7 +34,7 @@ from ray.train.torch import TorchTrainer
 from scipy import stats
 
 from prunebench.config import load_config
-from prunebench.platform.ray_train import Scaling, connect, train_on_ray
+from prunebench.platform.ray_train import Scaling, connect, epoch_steps, train_on_ray
 from prunebench.platform.study import run_study
 from prunebench.platform.tracking import resolve_tracking_uri
 from prunebench.training.loop import train_steps
@@ -53,7 +53,8 @@ def config_for(root: Path, steps: int, threads: int):
 
 def steps_per_epoch(config) -> int:
     """Steps of one pass over the training clips (one report of a Ray Train worker)."""
-    return max(1, len(prepare_stage(config, "train").sampler) // config.train.batch_size)
+    prepared = prepare_stage(config, "train")
+    return epoch_steps(len(prepared.sampler), prepared.optim.batch_size)
 
 
 def bare(config, epoch: int) -> tuple[float, float, float]:

@@ -10,9 +10,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(script: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-W", "ignore", str(ROOT / "benchmarks" / script), *args],
+def _call(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-W", "ignore", str(ROOT / "benchmarks" / script), *args],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def _run(script: str, *args: str) -> str:
+    done = _call(script, *args)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -62,8 +66,7 @@ def test_platform_overhead_times_bare_ray_train_and_bare_beside_idle_ray_after_t
 
 
 def test_platform_overhead_refuses_fewer_steps_than_two_epochs():
-    done = subprocess.run([sys.executable, "-W", "ignore", str(ROOT / "benchmarks" / "platform_overhead.py"),
-                           "--steps", "20", "--trials", "0"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = _call("platform_overhead.py", "--steps", "20", "--trials", "0")
     assert done.returncode == 2
     assert "--steps 20: allowed: at least two epochs (32 steps)" in done.stderr
     assert "Traceback" not in done.stderr

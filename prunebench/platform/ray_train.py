@@ -136,6 +136,12 @@ def received_file(ref: ray.ObjectRef | None) -> Iterator[Path | None]:
         yield path
 
 
+def epoch_steps(clips: int, batch_size: int, world: int = 1) -> int:
+    """Steps of one pass over ``clips`` training clips by ``world`` workers: a worker reports (and rank 0
+    checkpoints) after each."""
+    return max(1, clips // (batch_size * world))
+
+
 def _worker(loop_config: dict[str, Any]) -> None:
     worker_logging()
     config = worker_config(load_config(loop_config["config"]))
@@ -155,7 +161,7 @@ def _worker(loop_config: dict[str, Any]) -> None:
             optimizer_state = torch.load(Path(folder) / OPTIMIZER, map_location="cpu", weights_only=True)
             start = saved.meta["step"]
         log.info("rank %d resumes at step %d", rank, start)
-    steps_per_epoch = max(1, len(prepared.sampler) // (optim.batch_size * world))
+    steps_per_epoch = epoch_steps(len(prepared.sampler), optim.batch_size, world)
     kill_at = int(os.environ.get("PRUNEBENCH_FAULT_KILL_AT_STEP", "0"))
     marker = os.environ.get("PRUNEBENCH_FAULT_MARKER")
     logger = log_progress(stage, prepared.meta["method"], optim, start)
