@@ -1,11 +1,12 @@
-"""``benchmark.fixed``: parameters a method holds at every keep setting of the benchmark grid; the CPU presets' grids."""
+"""``benchmark.fixed``: parameters a method holds at every keep setting of the benchmark grid (and at both presets
+of the demo); the CPU presets' grids."""
 
 import pytest
 
 from prunebench.config import load_config
 from prunebench.errors import ConfigError
 from prunebench.models.presets import implied_pkr, params_for_pkr
-from prunebench.platform.benchmark_grid import check_benchmark
+from prunebench.platform.benchmark_grid import check_benchmark, demo_specs
 
 
 def _specs(overrides):
@@ -24,6 +25,21 @@ def test_fixed_parameters_reach_every_setting_and_seed_of_their_method_only():
     settings = load_config("benchmark-tiny").benchmark.settings
     implied = sorted({round(implied_pkr("dynamicvit", s.params), 3) for s in dynamicvit})
     assert implied == pytest.approx(sorted(settings), abs=1e-3)
+
+
+def test_the_demo_holds_fixed_parameters_beside_its_presets():
+    plain = {s.label: s.params for s in demo_specs(load_config("demo"))}
+    fixed = {s.label: s.params for s in demo_specs(load_config("demo", {"benchmark.fixed": {"tps": {"ratio_weight": 80.0}}}))}
+    assert set(fixed) == set(plain) and len(plain) == 8
+    for name, params in fixed.items():
+        expected = {**plain[name], "ratio_weight": 80.0} if name.startswith("tps-") else plain[name]
+        assert params == expected, name
+    with pytest.raises(ConfigError, match=r"^benchmark\.fixed\.tps: rho set the demo's keep level; allowed: "):
+        demo_specs(load_config("demo", {"benchmark.fixed": {"tps": {"rho": 0.5}}}))
+    with pytest.raises(ConfigError, match=r"^benchmark\.fixed: unknown method 'tsp'; allowed: "):
+        demo_specs(load_config("demo", {"benchmark.fixed": {"tsp": {"ratio_weight": 80.0}}}))
+    with pytest.raises(ConfigError, match=r"^tps: ratio_weight=-1\.0"):
+        demo_specs(load_config("demo", {"benchmark.fixed": {"tps": {"ratio_weight": -1.0}}}))
 
 
 def test_a_fixed_keep_level_parameter_is_refused():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from prunebench.config import ExperimentConfig
 from prunebench.errors import ConfigError
-from prunebench.models.presets import params_for_pkr
+from prunebench.models.presets import PKR_TARGETS, params_for_pkr, params_for_target, pruning_methods
 from prunebench.models.registry import backbone_spec, build_method, method_class
 from prunebench.platform.resources import gpus_per_trial
 from prunebench.platform.resume import check_resumable, ray_storage
@@ -34,6 +34,36 @@ def benchmark_specs(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
     return tuple(specs)
 
 
+def check_fixed_methods(config: ExperimentConfig) -> None:
+    """Every method ``benchmark.fixed`` names exists (a preset may fix methods a variant of it leaves out)."""
+    for method in config.benchmark.fixed:
+        try:
+            method_class(method)
+        except ConfigError as error:
+            raise ConfigError(f"benchmark.fixed: {error}") from None
+
+
+def demo_specs(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
+    """The demo's trials: every pruning method at its preset for each goal PKR, one seed, with the parameters
+    ``benchmark.fixed`` holds for the method (a ratio-loss weight, ...; validated: one line naming a bad one)."""
+    check_fixed_methods(config)
+    _, dim, _, depth = backbone_spec(config.model.backbone)
+    specs = []
+    for method in pruning_methods():
+        fixed = config.benchmark.fixed.get(method, {})
+        for target in PKR_TARGETS:
+            preset = params_for_target(method, target)
+            moved = sorted(set(fixed) & set(preset))
+            if moved:
+                raise ConfigError(f"benchmark.fixed.{method}: {', '.join(moved)} set the demo's keep level; "
+                                  "allowed: the method's other parameters")
+            params = {**fixed, **preset}
+            build_method(method, params, dim, depth)
+            specs.append(TrialSpec(f"{method}-{target:.2f}", method, params, config.seed,
+                                   {"target": f"{target:.2f}", "setting": f"{target:.2f}"}))
+    return tuple(specs)
+
+
 def check_benchmark(config: ExperimentConfig, resume: bool = False,
                     storage_path: str | None = None) -> tuple[TrialSpec, ...]:
     """Validate the benchmark section (and, with ``resume``, that there is a benchmark to resume in its
@@ -41,11 +71,8 @@ def check_benchmark(config: ExperimentConfig, resume: bool = False,
     bench = config.benchmark
     if not bench.methods or not bench.seeds or not bench.goals:
         raise ConfigError("benchmark: methods, seeds and goals must each name at least one entry")
-    for method in bench.fixed:  # a preset may fix methods that a variant of it leaves out of its grid
-        try:
-            method_class(method)
-        except ConfigError as error:
-            raise ConfigError(f"benchmark.fixed: {error}") from None
+    check_fixed_methods(config)
+    for method in bench.fixed:
         if method in bench.params:
             raise ConfigError(f"benchmark.fixed.{method}: {method} also has explicit benchmark.params; "
                               "allowed: one of the two per method")

@@ -534,6 +534,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.config import load_config
+    from prunebench.platform.benchmark_grid import demo_specs
     from prunebench.platform.preflight import check_experiment
     from prunebench.platform.resources import gpus_per_trial
 
@@ -543,10 +544,11 @@ def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config("demo", overrides)
     check_experiment(config, args.address, method=False)
     gpus_per_trial(config, config.benchmark.gpus_per_trial)
+    specs = demo_specs(config)
 
     from prunebench.platform.runs import run_demo  # Ray, MLflow and the model: once the inputs passed
 
-    result = run_demo(config, args.tracking_uri, args.address)
+    result = run_demo(config, specs, args.tracking_uri, args.address)
     print(result.pop("table"), file=sys.stderr if args.json else sys.__stdout__, flush=True)
     return result
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from prunebench.config import ExperimentConfig
-from prunebench.models.presets import PKR_TARGETS, params_for_target, pruning_methods
 from prunebench.platform.dense_cache import DenseModel, dense_model
 from prunebench.platform.ray_train import Scaling, connect_checked, join_cluster_first, train_on_ray
 from prunebench.platform.tracking import Tracker, flatten, hardware, params_key, resolve_tracking_uri
@@ -132,25 +131,20 @@ def cached_dense(config: ExperimentConfig, tracker: Tracker, parent: str | None,
     return dense
 
 
-def demo_specs(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
-    """The demo's trials: every pruning method at its preset for each goal PKR, one seed."""
-    return tuple(TrialSpec(f"{m}-{t:.2f}", m, params_for_target(m, t), config.seed,
-                           {"target": f"{t:.2f}", "setting": f"{t:.2f}"})
-                 for m in pruning_methods() for t in PKR_TARGETS)
-
-
 DEMO_CAVEAT = ("These rows come from {steps}-step fine-tunes and one seed: too short to rank methods. "
                "For a verdict run `prunebench benchmark benchmark-cpu` (converged fine-tuning, settings that bracket "
                "each goal, several seeds, confidence intervals, random and oracle controls).")
 
 
-def run_demo(config: ExperimentConfig, tracking_uri: str | None = None, address: str | None = None) -> dict[str, Any]:
+def run_demo(config: ExperimentConfig, specs: tuple[TrialSpec, ...], tracking_uri: str | None = None,
+             address: str | None = None) -> dict[str, Any]:
     """The main job, a 10-minute tour of the machinery: synthetic data → dense (Ray Train, cached) → every method
     at each goal's preset (Ray Tune grid of fine-tune + evaluation trials) → FPS of every model, one after
     another → MLflow → report and leaderboard, with the caveat that its rows are too short to rank methods.
-    ``config``: the ``demo`` preset, checked first (``platform.preflight``)."""
+    ``config``: the ``demo`` preset, checked first (``platform.preflight``); ``specs``: its trials
+    (``benchmark_grid.demo_specs``)."""
     from prunebench.platform.benchmark import run_benchmark
 
-    result = run_benchmark(config, tracking_uri=tracking_uri, address=address, specs=demo_specs(config))
+    result = run_benchmark(config, tracking_uri=tracking_uri, address=address, specs=specs)
     caveat = DEMO_CAVEAT.format(steps=config.finetune.steps)
     return {**result, "table": f"{result['table']}\n\n{caveat}", "caveat": caveat}
