@@ -34,7 +34,7 @@ def test_the_demo_holds_fixed_parameters_beside_its_presets():
     for name, params in fixed.items():
         expected = {**plain[name], "ratio_weight": 80.0} if name.startswith("tps-") else plain[name]
         assert params == expected, name
-    with pytest.raises(ConfigError, match=r"^benchmark\.fixed\.tps: rho set the demo's keep level; allowed: "):
+    with pytest.raises(ConfigError, match=r"^tps: rho set the keep level and cannot be held fixed; allowed: "):
         demo_specs(load_config("demo", {"benchmark.fixed": {"tps": {"rho": 0.5}}}))
     with pytest.raises(ConfigError, match=r"^benchmark\.fixed: unknown method 'tsp'; allowed: "):
         demo_specs(load_config("demo", {"benchmark.fixed": {"tsp": {"ratio_weight": 80.0}}}))

@@ -32,15 +32,25 @@ _PRESETS: dict[str, dict[float, dict[str, Any]]] = {
 }
 
 
-def params_for_target(method: str, target: float) -> dict[str, Any]:
-    """Parameters of ``method`` for goal PKR ``target`` (0.55 or 0.40)."""
+def _refuse_keep_level(method: str, base: dict[str, Any], keep_level: dict[str, Any]) -> None:
+    """One line if fixed parameters ``base`` name any of the parameters that set ``method``'s keep level."""
+    moved = sorted(set(base) & set(keep_level))
+    if moved:
+        raise ConfigError(f"{method}: {', '.join(moved)} set the keep level and cannot be held fixed; "
+                          "allowed: the method's other parameters")
+
+
+def params_for_target(method: str, target: float, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Parameters of ``method`` for goal PKR ``target`` (0.55 or 0.40), added to fixed parameters ``base``."""
     if method not in _PRESETS:
         raise ConfigError(f"no PKR preset for method '{method}'; allowed: {', '.join(sorted(_PRESETS))}")
     presets = _PRESETS[method]
     key = next((t for t in presets if abs(t - target) < 1e-9), None)
     if key is None:
         raise ConfigError(f"no {method} preset for target PKR {target}; allowed: {', '.join(str(t) for t in presets)}")
-    return dict(presets[key])
+    base = dict(base or {})
+    _refuse_keep_level(method, base, presets[key])
+    return {**base, **presets[key]}
 
 
 def pruning_methods() -> list[str]:
@@ -96,10 +106,7 @@ def params_for_pkr(method: str, pkr: float, base: dict[str, Any] | None = None) 
         raise ConfigError(f"no keep schedule for method '{method}'; allowed: {', '.join(sorted(_FAMILIES))}")
     family, low, high = _FAMILIES[method]
     base = dict(base or {})
-    moved = sorted(set(base) & set(family(low)))
-    if moved:
-        raise ConfigError(f"{method}: {', '.join(moved)} set the keep level and cannot be held fixed; "
-                          "allowed: the method's other parameters")
+    _refuse_keep_level(method, base, family(low))
 
     def gap(x: float) -> float:
         return implied_pkr(method, {**base, **family(x)}) - pkr

@@ -50,14 +50,8 @@ def demo_specs(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
     _, dim, _, depth = backbone_spec(config.model.backbone)
     specs = []
     for method in pruning_methods():
-        fixed = config.benchmark.fixed.get(method, {})
         for target in PKR_TARGETS:
-            preset = params_for_target(method, target)
-            moved = sorted(set(fixed) & set(preset))
-            if moved:
-                raise ConfigError(f"benchmark.fixed.{method}: {', '.join(moved)} set the demo's keep level; "
-                                  "allowed: the method's other parameters")
-            params = {**fixed, **preset}
+            params = params_for_target(method, target, base=config.benchmark.fixed.get(method))
             build_method(method, params, dim, depth)
             specs.append(TrialSpec(f"{method}-{target:.2f}", method, params, config.seed,
                                    {"target": f"{target:.2f}", "setting": f"{target:.2f}"}))
