@@ -124,6 +124,12 @@ def ratio_interval(ratios: list[float]) -> str:
             f"95 % CI {math.exp(interval.low):.3f}–{math.exp(interval.high):.3f}")
 
 
+def ratio_summary(ratios: list[float]) -> str:
+    """The pairs' ratios in one line: median, range, and the geometric mean with its interval."""
+    return (f"median {statistics.median(ratios):.2f} (range {min(ratios):.2f}–{max(ratios):.2f} over {len(ratios)} pairs)"
+            f"{ratio_interval(ratios)}")
+
+
 def sweep(config, dense: Path, trials: int, cpus_per_trial: int, name: str) -> float:
     begin = time.perf_counter()
     connect(None, num_cpus=2)
@@ -174,12 +180,10 @@ def main() -> None:
             print(f"| {pair} | {order} | {bare_step:.3f} | {ray_step:.3f} | {ray_step / bare_step:.2f} |{idle_cells} {bare_warm:.3f} "
                   f"| {ray_warm:.3f} | {bare_wall:.1f} | {ray_wall:.1f} |")
         ratios = [ray_run[1] / bare_run[1] for _, _, bare_run, ray_run, _ in rows]
-        print(f"\nRay Train ÷ bare loop, per step: median {statistics.median(ratios):.2f} "
-              f"(range {min(ratios):.2f}–{max(ratios):.2f} over {len(ratios)} pairs){ratio_interval(ratios)}")
+        print(f"\nRay Train ÷ bare loop, per step: {ratio_summary(ratios)}")
         if args.idle_ray:
             idle = [idle_run[1] / bare_run[1] for _, _, bare_run, _, idle_run in rows]
-            print(f"Bare loop beside an idle Ray Train run ÷ bare loop alone: median {statistics.median(idle):.2f} "
-                  f"(range {min(idle):.2f}–{max(idle):.2f}){ratio_interval(idle)}")
+            print(f"Bare loop beside an idle Ray Train run ÷ bare loop alone: {ratio_summary(idle)}")
         if args.trials < 1:
             return
         dense = run_stage(config, "train", root / "dense.safetensors")
