@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import tempfile
 import threading
@@ -31,7 +30,7 @@ import ray
 import ray.train
 import torch
 from ray.train.torch import TorchTrainer
-from scipy import stats
+from ratios import ratio_summary
 
 from prunebench.config import load_config
 from prunebench.platform.ray_train import Scaling, connect, epoch_steps, train_on_ray
@@ -112,22 +111,6 @@ def beside_idle_ray(config, epoch: int, threads: int, name: str) -> tuple[float,
         stop.touch()
         fit.join()
         ray.shutdown()
-
-
-def ratio_interval(ratios: list[float]) -> str:
-    """The pairs' geometric mean ratio with its 95 % confidence interval (Student's t on the log ratios)."""
-    if len(ratios) < 2:
-        return ""
-    logs = [math.log(r) for r in ratios]
-    interval = stats.ttest_1samp(logs, 0.0).confidence_interval(0.95)
-    return (f"; geometric mean {math.exp(statistics.fmean(logs)):.3f}, "
-            f"95 % CI {math.exp(interval.low):.3f}–{math.exp(interval.high):.3f}")
-
-
-def ratio_summary(ratios: list[float]) -> str:
-    """The pairs' ratios in one line: median, range, and the geometric mean with its interval."""
-    return (f"median {statistics.median(ratios):.2f} (range {min(ratios):.2f}–{max(ratios):.2f} over {len(ratios)} pairs)"
-            f"{ratio_interval(ratios)}")
 
 
 def sweep(config, dense: Path, trials: int, cpus_per_trial: int, name: str) -> float:

@@ -1,6 +1,7 @@
 """The speed benchmarks run end to end on tiny settings and print their tables (their numbers are not checked:
 speed claims come from full runs, docs/performance.md)."""
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -72,15 +73,66 @@ def test_platform_overhead_refuses_fewer_steps_than_two_epochs():
     assert "Traceback" not in done.stderr
 
 
-def test_platform_overhead_interval_of_the_pairs_ratios():
+def _benchmark_module(name: str):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from platform_overhead import ratio_interval
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_the_interval_of_the_pairs_ratios():
+    ratio_interval = _benchmark_module("ratios").ratio_interval
     assert ratio_interval([1.1]) == ""  # one pair: no interval
     text = ratio_interval([1.0, 1.1, 1.2])
     mean = float(text.split("geometric mean ")[1].split(",")[0])
     low, high = (float(x) for x in text.split("95 % CI ")[1].split("–"))
     assert mean == pytest.approx((1.0 * 1.1 * 1.2) ** (1 / 3), abs=1e-3)
     assert low < mean < high and low > 0.7 and high < 1.6
+
+
+TINY_DEMO = ["data.synth={videos: 2, valid_videos: 1, frames: 4, height: 64, width: 96, seed: 0}",
+             "model.head={num_queries: 4, hidden_dim: 32, decoder_layers: 1, pixel_decoder_layers: 1, heads: 2, "
+             "feedforward_dim: 64, train_points: 256}",
+             "train.steps=3", "train.batch_size=2", "finetune.steps=2", "eval.timing_frames=3", "eval.warmup_frames=1"]
+
+
+@pytest.mark.slow
+def test_demo_time_times_a_fresh_demo_phase_by_phase(tmp_path):
+    out = _run("demo_time.py", *[a for s in TINY_DEMO for a in ("--set", s)], "--logs", str(tmp_path))
+    row = next(line for line in out.splitlines() if line.startswith("| 1 | after | this checkout |"))
+    wall, *phases = (float(c) for c in row.split("|")[4:10])
+    assert all(p >= 0 for p in phases) and abs(sum(phases) - wall) < 3  # whole seconds, the phases fill the wall time
+    assert "[4/4] report" in (tmp_path / "pair1-after.log").read_text()  # the run's log, kept where asked
+    aps = [line for line in out.splitlines() if line.startswith(("| dynamicvit @ PKR", "| vpp @ PKR"))]
+    assert len(aps) == 4 and "After ÷ before" not in out
+
+
+def test_demo_time_pairs_before_and_after_into_ratios(capsys):
+    demo_time = _benchmark_module("demo_time")
+    phases = dict.fromkeys(demo_time.PHASES, 10.0)
+    runs = [(1, "before", demo_time.DemoRun("abc", 50.0, phases, {"vpp @ PKR 0.4": 20.0})),
+            (1, "after", demo_time.DemoRun("this checkout", 40.0, {**phases, "trials": 5.0}, {"vpp @ PKR 0.4": 20.0})),
+            (2, "after", demo_time.DemoRun("this checkout", 45.0, phases, {"vpp @ PKR 0.4": 21.0})),
+            (2, "before", demo_time.DemoRun("abc", 50.0, phases, {}))]
+    demo_time.print_tables(runs, before=True)
+    out = capsys.readouterr().out
+    assert "After ÷ before, wall time: median 0.85 (range 0.80–0.90 over 2 pairs)" in out
+    assert "  trials: median 0.75 (range 0.50–1.00 over 2 pairs)" in out
+    assert "| vpp @ PKR 0.4 | 20.00 | 20.00 | 21.00 | – |" in out
+
+
+def test_demo_time_exports_the_tracked_files_of_a_commit(tmp_path):
+    demo_time = _benchmark_module("demo_time")
+    code = demo_time.export_commit(demo_time.commit_of("HEAD"), tmp_path / "code")
+    assert (code / "prunebench" / "platform" / "cli.py").is_file() and not (code / ".git").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--before", "no-such-commit"], "--before no-such-commit: allowed: a commit of this repository"),
+    (["--set", "finetune.steps=-1"], "--set finetune.steps=-1: finetune.steps must be an integer >= 0"),
+    (["--repeats", "0"], "--repeats 0: allowed: 1 or more"),
+])
+def test_demo_time_refuses_bad_input_in_one_line_before_running(args, message):
+    done = _call("demo_time.py", *args)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
