@@ -91,7 +91,7 @@ def time_demo(code: Path, label: str, sets: list[str], folder: Path, log: Path |
     process = subprocess.Popen(command, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def read_stderr() -> None:
-        with open(log, "w") if log else open(os.devnull, "w") as sink:
+        with open(log or os.devnull, "w", buffering=1) as sink:  # line by line: a long run can be followed
             for line in process.stderr:
                 found = PROGRESS.search(line)
                 if found and "prunebench" in line:

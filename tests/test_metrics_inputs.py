@@ -173,7 +173,7 @@ def test_result_tracks_shorter_and_longer_than_the_video(capsys, tmp_path, gt_fi
     code, out, err = metrics(capsys, gt_file, write(tmp_path / "results.json", results))
     assert code == 0 and out["AP"] == pytest.approx(100.0), err
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        f"{tmp_path / 'results.json'}: 1 tracks longer and 1 shorter than their video; each is scored on the "
+        f"{tmp_path / 'results.json'}: 1 track longer and 1 shorter than their video; each is scored on the "
         "frames it shares with its video, as ytvoseval does"]
 
 
@@ -182,7 +182,7 @@ def test_result_category_missing_from_the_ground_truth(capsys, tmp_path, gt_file
     code, out, err = metrics(capsys, gt_file, write(tmp_path / "results.json", results))
     assert code == 0 and out["AP"] == pytest.approx(100.0), err
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        f"{tmp_path / 'results.json'}: 1 tracks of category_id 5, missing from the ground truth's categories; "
+        f"{tmp_path / 'results.json'}: 1 track of category_id 5, missing from the ground truth's categories; "
         "dropped, as ytvoseval does"]
 
 

@@ -158,7 +158,7 @@ def test_track_longer_than_its_video_is_cut_but_sized_on_all_its_frames(caplog):
     result = score_results(gt, [det(1, 1, 0.95, [big, tiny, tiny]), det(1, 1, 0.9, [small])])
     assert result["APs"] == pytest.approx(50.0) and result["AP"] == pytest.approx(50.0)
     assert result["mAP_segm"] == pytest.approx(50.0)  # frames 1, 2 of d2 left out; frame 0 ranked FP, TP
-    assert len(caplog.records) == 1 and "1 tracks longer and 0 shorter" in caplog.records[0].getMessage()
+    assert len(caplog.records) == 1 and "1 track longer and 0 shorter" in caplog.records[0].getMessage()
 
 
 def test_result_category_missing_from_the_ground_truth_is_dropped(caplog):

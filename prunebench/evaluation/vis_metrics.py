@@ -180,13 +180,18 @@ def _check_track(item: Any, where: str, videos: dict[int, dict[str, Any]]) -> di
     return {"video_id": int(video_id), "category_id": int(item["category_id"]), "score": score, "segmentations": rles}
 
 
+def _tracks(count: int) -> str:
+    """``count`` tracks in words: "1 track", "2 tracks"."""
+    return f"{count} track{'' if count == 1 else 's'}"
+
+
 def _length_warning(tracks: list[dict[str, Any]], lengths: dict[int, int], source: str) -> list[str]:
     """One warning if some tracks have more or fewer frames than their video."""
     longer = sum(len(t["segmentations"]) > lengths[t["video_id"]] for t in tracks)
     shorter = sum(len(t["segmentations"]) < lengths[t["video_id"]] for t in tracks)
     if not longer + shorter:
         return []
-    return [f"{source}: {longer} tracks longer and {shorter} shorter than their video; each is scored on the "
+    return [f"{source}: {_tracks(longer)} longer and {shorter} shorter than their video; each is scored on the "
             "frames it shares with its video, as ytvoseval does"]
 
 
@@ -210,7 +215,7 @@ def check_results(results: Any, gt: dict[str, Any], source: str = "results") -> 
     listed = {c["id"] for c in gt["categories"]}
     kept = [t for t in tracks if t["category_id"] in listed]
     unlisted = {t["category_id"] for t in tracks} - listed
-    warnings = [f"{source}: {len(tracks) - len(kept)} tracks of category_id {few(unlisted)}, missing from the "
+    warnings = [f"{source}: {_tracks(len(tracks) - len(kept))} of category_id {few(unlisted)}, missing from the "
                 "ground truth's categories; dropped, as ytvoseval does"] if unlisted else []
     warnings += _length_warning(kept, {v: m["length"] for v, m in videos.items()}, source)
     return CheckedResults(kept, warnings)
