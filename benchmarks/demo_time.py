@@ -11,7 +11,7 @@ overrides go to every run (the demo's forms: ``finetune.steps``, ``precision``, 
 
 Phases come from the demo's own progress lines ``[1/4]`` .. ``[4/4]``, timed as they arrive: data (the
 process's start, imports and the synthetic data), Ray + dense stage, trials (fine-tunes and evaluations),
-timing + report, exit. A second table lists every leaderboard row's AP per run: a speed comparison holds
+timing + report, exit. A second table lists the dense model's AP and every leaderboard row's per run: a speed comparison holds
 only where both codes compute the same demo.
 """
 
@@ -40,8 +40,7 @@ RUN_CLI = "import sys; from prunebench.platform.cli import main; sys.exit(main()
 
 @dataclass
 class DemoRun:
-    """One timed demo: its code's label, wall seconds, seconds per phase and, per leaderboard row (method @ goal
-    PKR), the AP of the run nearest to the goal."""
+    """One timed demo: its code's label, wall seconds, seconds per phase and its APs (``leaderboard_ap``)."""
 
     code: str
     wall: float
@@ -110,8 +109,16 @@ def time_demo(code: Path, label: str, sets: list[str], folder: Path, log: Path |
     result = json.loads(stdout)
     points = [begin, *(marks.get(i) for i in range(1, 5)), end]
     phases = {name: b - a for name, a, b in zip(PHASES, points, points[1:]) if a is not None and b is not None}
-    ap = {f"{row.get('method')} @ PKR {row.get('goal_pkr')}": row.get("ap_nearest") for row in result["leaderboard"]}
-    return DemoRun(label, end - begin, phases, ap)
+    return DemoRun(label, end - begin, phases, leaderboard_ap(result["leaderboard"]))
+
+
+def leaderboard_ap(rows: list[dict]) -> dict[str, float | None]:
+    """AP nearest the goal per leaderboard row (``method @ PKR goal``), and the dense model's AP (``dense``), which
+    a row bracketing its goal gives as its AP at the goal minus its ΔAP to dense (None where no row does)."""
+    ap = {f"{row.get('method')} @ PKR {row.get('goal_pkr')}": row.get("ap_nearest") for row in rows}
+    ap["dense"] = next((row["ap_at_goal"] - row["delta_ap_dense"] for row in rows
+                        if row.get("ap_at_goal") is not None and row.get("delta_ap_dense") is not None), None)
+    return ap
 
 
 def print_tables(runs: list[tuple[int, str, DemoRun]], before: bool) -> None:

@@ -122,6 +122,14 @@ def test_demo_time_pairs_before_and_after_into_ratios(capsys):
     assert "| vpp @ PKR 0.4 | 20.00 | 20.00 | 21.00 | – |" in out
 
 
+def test_demo_time_reads_the_dense_ap_from_a_row_that_brackets_its_goal():
+    leaderboard_ap = _benchmark_module("demo_time").leaderboard_ap
+    rows = [{"method": "tps", "goal_pkr": 0.4, "ap_nearest": 30.0, "ap_at_goal": None, "delta_ap_dense": None},
+            {"method": "svit", "goal_pkr": 0.55, "ap_nearest": 35.0, "ap_at_goal": 34.5, "delta_ap_dense": -3.5}]
+    assert leaderboard_ap(rows) == {"tps @ PKR 0.4": 30.0, "svit @ PKR 0.55": 35.0, "dense": 38.0}
+    assert leaderboard_ap(rows[:1])["dense"] is None
+
+
 def test_demo_time_exports_the_tracked_files_of_a_commit(tmp_path):
     demo_time = _benchmark_module("demo_time")
     code = demo_time.export_commit(demo_time.commit_of("HEAD"), tmp_path / "code")
