@@ -138,7 +138,8 @@ def print_tables(runs: list[tuple[int, str, DemoRun]], before: bool) -> None:
                 phase_ratios = [by[(p, "after")].phases[phase] / by[(p, "before")].phases[phase] for p in pairs]
                 print(f"  {phase}: {ratio_summary(phase_ratios)}")
     rows = sorted({key for _, _, run in runs for key in run.ap})
-    print("\n| leaderboard row (AP nearest the goal) | " + " | ".join(f"AP, pair {pair} {role}" for pair, role, _ in runs) + " |")
+    print("\n| AP of: the dense model, a leaderboard row (its run nearest the goal) | "
+          + " | ".join(f"pair {pair} {role}" for pair, role, _ in runs) + " |")
     print("|---|" + "---:|" * len(runs))
     for key in rows:
         cells = " | ".join("–" if run.ap.get(key) is None else f"{run.ap[key]:.2f}" for _, _, run in runs)
