@@ -8,6 +8,7 @@ trained), in a process of its own. ``--before REF`` runs the same command on the
 (its tracked files, exported with ``git archive``; same Python environment) as well: the two alternate,
 ``--repeats`` pairs (before first, then after first, ...), and each pair gives after ÷ before. ``--set``
 overrides go to every run (the demo's forms: ``finetune.steps``, ``precision``, ``benchmark.fixed``, ...).
+The demos' output folders are temporary: what this script reports is its tables (``--logs`` keeps each run's log).
 
 Phases come from the demo's own progress lines ``[1/4]`` .. ``[4/4]``, timed as they arrive: data (the
 process's start, imports and the synthetic data), Ray + dense stage, trials (fine-tunes and evaluations),
