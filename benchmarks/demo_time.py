@@ -36,7 +36,6 @@ from ratios import ratio_summary
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("data", "Ray + dense", "trials", "timing + report", "exit")
 PROGRESS = re.compile(r"\[([1-4])/4\]")
-RUN_CLI = "import sys; from prunebench.platform.cli import main; sys.exit(main())"
 
 
 @dataclass
@@ -50,7 +49,7 @@ class DemoRun:
 
 
 def commit_of(ref: str) -> str:
-    """The full hash of ``ref`` in this repository; ValueError with git's words if it names no commit."""
+    """The full hash of ``ref`` in this repository; ValueError (one line) if it names no commit."""
     done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=ROOT,
                           capture_output=True, text=True)
     if done.returncode != 0:
@@ -81,7 +80,7 @@ def check_overrides(sets: list[str]) -> None:
 
 def time_demo(code: Path, label: str, sets: list[str], folder: Path, log: Path | None) -> DemoRun:
     """Run the demo of the code in ``code`` from an empty output folder and dense cache under ``folder``."""
-    command = [sys.executable, "-c", RUN_CLI, "demo", "--out", str(folder / "out"), "--json",
+    command = [sys.executable, "-m", "prunebench.platform.cli", "demo", "--out", str(folder / "out"), "--json",
                *[arg for item in sets for arg in ("--set", item)]]
     env = {**os.environ, "PRUNEBENCH_CACHE": str(folder / "cache"), "PYTHONUNBUFFERED": "1"}
     env.pop("PYTHONPATH", None)  # the code is the working directory's, nothing else

@@ -26,6 +26,12 @@ TINY = {
     "eval": {"timing_frames": 3, "warmup_frames": 1, "threads": 1},
 }
 
+#: ``--set`` overrides that shrink the demo preset to TINY's data, head and stages
+TINY_DEMO_SETS = [f"data.synth={json.dumps(TINY['data']['synth'])}", f"model.head={json.dumps(TINY['model']['head'])}",
+                  *(f"{stage}.{key}={TINY[stage][key]}" for stage, key in (
+                      ("train", "steps"), ("train", "batch_size"), ("finetune", "steps"),
+                      ("eval", "timing_frames"), ("eval", "warmup_frames")))]
+
 
 def write_config(root: Path, **sections) -> Path:
     """A tiny config under ``root`` (data in root/data, outputs in root/runs)."""

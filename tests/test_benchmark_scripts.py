@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from platform_helpers import TINY_DEMO_SETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,15 +92,9 @@ def test_the_interval_of_the_pairs_ratios():
     assert low < mean < high and low > 0.7 and high < 1.6
 
 
-TINY_DEMO = ["data.synth={videos: 2, valid_videos: 1, frames: 4, height: 64, width: 96, seed: 0}",
-             "model.head={num_queries: 4, hidden_dim: 32, decoder_layers: 1, pixel_decoder_layers: 1, heads: 2, "
-             "feedforward_dim: 64, train_points: 256}",
-             "train.steps=3", "train.batch_size=2", "finetune.steps=2", "eval.timing_frames=3", "eval.warmup_frames=1"]
-
-
 @pytest.mark.slow
 def test_demo_time_times_a_fresh_demo_phase_by_phase(tmp_path):
-    out = _run("demo_time.py", *[a for s in TINY_DEMO for a in ("--set", s)], "--logs", str(tmp_path))
+    out = _run("demo_time.py", *[a for s in TINY_DEMO_SETS for a in ("--set", s)], "--logs", str(tmp_path))
     row = next(line for line in out.splitlines() if line.startswith("| 1 | after | this checkout |"))
     wall, *phases = (float(c) for c in row.split("|")[4:10])
     assert all(p >= 0 for p in phases) and abs(sum(phases) - wall) < 3  # whole seconds, the phases fill the wall time

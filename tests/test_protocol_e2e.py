@@ -6,7 +6,7 @@ import pytest
 from safetensors import safe_open
 
 from prunebench.models.presets import params_for_target
-from platform_helpers import write_config
+from platform_helpers import TINY_DEMO_SETS, write_config
 from prunebench.platform.cli import main
 
 @pytest.fixture(scope="module")
@@ -75,11 +75,7 @@ def test_dense_eval_and_gt_scores_100(setup, dense, capsys):
 def test_demo_end_to_end_on_tiny_settings(tmp_path, capsys):
     """The main job with its embedded preset shrunk: data, dense, 8 fine-tunes, timing, MLflow, report."""
     out = tmp_path / "demo"
-    sets = ["data.synth={videos: 2, valid_videos: 1, frames: 4, height: 64, width: 96, seed: 0}",
-            "model.head={num_queries: 4, hidden_dim: 32, decoder_layers: 1, pixel_decoder_layers: 1, heads: 2, "
-            "feedforward_dim: 64, train_points: 256}",
-            "train.steps=3", "train.batch_size=2", "finetune.steps=2", "eval.timing_frames=3", "eval.warmup_frames=1"]
-    result = _run(capsys, ["demo", "--out", str(out), "--json", *[a for s in sets for a in ("--set", s)]])
+    result = _run(capsys, ["demo", "--out", str(out), "--json", *[a for s in TINY_DEMO_SETS for a in ("--set", s)]])
     methods = {"vpp", "dynamicvit", "tps", "svit"}
     assert {(r["method"], r["goal_pkr"]) for r in result["leaderboard"]} == {(m, g) for m in methods for g in (0.55, 0.40)}
     assert all("converged" in r for r in result["leaderboard"])
