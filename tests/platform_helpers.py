@@ -26,11 +26,12 @@ TINY = {
     "eval": {"timing_frames": 3, "warmup_frames": 1, "threads": 1},
 }
 
-#: ``--set`` overrides that shrink the demo preset to TINY's data, head and stages
-TINY_DEMO_SETS = [f"data.synth={json.dumps(TINY['data']['synth'])}", f"model.head={json.dumps(TINY['model']['head'])}",
-                  *(f"{stage}.{key}={TINY[stage][key]}" for stage, key in (
-                      ("train", "steps"), ("train", "batch_size"), ("finetune", "steps"),
-                      ("eval", "timing_frames"), ("eval", "warmup_frames")))]
+#: command-line ``--set`` overrides that shrink the demo preset to TINY's data, head and stages
+TINY_DEMO_ARGS = [arg for item in (
+    f"data.synth={json.dumps(TINY['data']['synth'])}", f"model.head={json.dumps(TINY['model']['head'])}",
+    *(f"{stage}.{key}={TINY[stage][key]}" for stage, key in (
+        ("train", "steps"), ("train", "batch_size"), ("finetune", "steps"),
+        ("eval", "timing_frames"), ("eval", "warmup_frames")))) for arg in ("--set", item)]
 
 
 def write_config(root: Path, **sections) -> Path:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from platform_helpers import TINY_DEMO_SETS
+from platform_helpers import TINY_DEMO_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +94,7 @@ def test_the_interval_of_the_pairs_ratios():
 
 @pytest.mark.slow
 def test_demo_time_times_a_fresh_demo_phase_by_phase(tmp_path):
-    out = _run("demo_time.py", *[a for s in TINY_DEMO_SETS for a in ("--set", s)], "--logs", str(tmp_path))
+    out = _run("demo_time.py", *TINY_DEMO_ARGS, "--logs", str(tmp_path))
     row = next(line for line in out.splitlines() if line.startswith("| 1 | after | this checkout |"))
     wall, *phases = (float(c) for c in row.split("|")[4:10])
     assert all(p >= 0 for p in phases) and abs(sum(phases) - wall) < 3  # whole seconds, the phases fill the wall time

@@ -6,7 +6,7 @@ import pytest
 from safetensors import safe_open
 
 from prunebench.models.presets import params_for_target
-from platform_helpers import TINY_DEMO_SETS, write_config
+from platform_helpers import TINY_DEMO_ARGS, write_config
 from prunebench.platform.cli import main
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_dense_eval_and_gt_scores_100(setup, dense, capsys):
 def test_demo_end_to_end_on_tiny_settings(tmp_path, capsys):
     """The main job with its embedded preset shrunk: data, dense, 8 fine-tunes, timing, MLflow, report."""
     out = tmp_path / "demo"
-    result = _run(capsys, ["demo", "--out", str(out), "--json", *[a for s in TINY_DEMO_SETS for a in ("--set", s)]])
+    result = _run(capsys, ["demo", "--out", str(out), "--json", *TINY_DEMO_ARGS])
     methods = {"vpp", "dynamicvit", "tps", "svit"}
     assert {(r["method"], r["goal_pkr"]) for r in result["leaderboard"]} == {(m, g) for m in methods for g in (0.55, 0.40)}
     assert all("converged" in r for r in result["leaderboard"])
