@@ -4,9 +4,10 @@
 
 Every method is configured for a patch keep ratio (PKR) of about 0.4 (DynamicViT/TPS ρ = 0.4,
 VPP κ = 0.6 / q = 0.7, SViT three-level q = 0.39). The weights are random, so the selectors of
-methods with a dynamic keep count (VPP's SMs, SViT) are first calibrated with their *own*
-sparsity loss (backbone frozen, 64x112 frames) so that they keep what their targets say; the same
-calibrated models then run at every frame size (their measured PKR is printed beside each row). Each
+methods with a dynamic keep count (VPP's SMs, SViT) are first calibrated: each such stage's keep
+threshold is set by bisection so that it keeps its target share of the tokens over four 64x112 frames
+of one video; the same calibrated models then run at every frame size (their measured PKR is printed
+beside each row). Each
 table ends with a ceiling row, ``dense, fewer tokens``: the dense backbone on a smaller frame with
 about 40 % of the tokens (its PKR column is that share), timed against the full frame: what a shorter
 sequence alone buys on this machine, with no selector, gather or scatter.
@@ -47,8 +48,8 @@ def video(count: int, size: tuple[int, int], seed: int, batch: int = 1) -> list[
 
 
 def build(backbone: str, method: str, steps: int) -> torch.nn.Module:
-    """``method`` at its PKR-0.40 preset, calibrated on two 64x112 frames."""
-    return preset_model(backbone, method, 0.40, video(2, (64, 112), seed=123), steps)
+    """``method`` at its PKR-0.40 preset, calibrated on four 64x112 frames of one video."""
+    return preset_model(backbone, method, 0.40, video(4, (64, 112), seed=123), steps)
 
 
 def fewer_tokens(dense: torch.nn.Module, full: dict, size: tuple[int, int], batch: int, runs: int,
@@ -131,7 +132,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="timings of every model per table, in rotated orders")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--calibration-steps", type=int, default=80)
+    parser.add_argument("--calibration-steps", type=int, default=20,
+                        help="bisection halvings of each dynamic stage's keep threshold")
     parser.add_argument("--padding-batch", type=int, default=0, help="batch of the padded-vs-loop table (0: skip)")
     args = parser.parse_args()
     if any(b < 1 for b in args.batches):

@@ -104,3 +104,4 @@ def test_bench_dense_vs_every_method(setup, capsys):
     assert result["dense"]["speedup"] == 1.0 and result["dense"]["gmacs_ratio"] == 1.0
     assert result["dynamicvit"]["pkr"] < 0.5  # the 0.40 preset (counted in eval mode: GMACs ratio 2.4 at 24 tokens)
     assert main(["bench", str(path), "--frames", "0"]) == 2
+    assert main(["bench", str(path), "--calibration-steps", "-1"]) == 2

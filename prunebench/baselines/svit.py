@@ -89,6 +89,10 @@ class SViT(PruningMethod):
         """Every selector is trained toward its target by the ratio loss."""
         return self.params.positions
 
+    def dynamic_scorers(self) -> dict[int, TokenMLP]:
+        """Every selector decides token by token."""
+        return dict(zip(self.params.positions, self.selectors))
+
     def select(self, position: int, candidates: Candidates, ctx: FrameContext) -> Selection:
         log_probs = self.selectors[self._stage[position]](candidates.tokens)
         keep = hard_gumbel_keep(

@@ -1,9 +1,9 @@
 """Batch-1 backbone latency of dense vs pruned on real frames (``prunebench bench``).
 
 Every method runs at the preset for one goal PKR (``models.presets``). Without trained checkpoints
-the weights are random, so the selectors of methods with a dynamic keep count (VPP's SMs, SViT)
-are first calibrated to their keep targets with their *own* sparsity loss for a few steps
-(backbone frozen); the measured PKR is reported beside the latency. Frames are timed in video
+the weights are random, so the stages of methods with a dynamic keep count (VPP's SMs, SViT) are
+first calibrated: their keep thresholds are set so that each keeps its target share of the tokens
+(``calibrate``); the measured PKR is reported beside the latency. Frames are timed in video
 order (VPP carries its state), after warm-up, median over the timed frames; MACs are counted on
 the executed graph over the same frames. Timing and counting run under the config's ``precision``
 (the calibration in fp32).
@@ -25,27 +25,50 @@ from prunebench.models.vit import PrunableViT, create_backbone
 from prunebench.precision import Precision, autocast
 
 
-def calibrate(model: PrunableViT, frames: list[torch.Tensor], steps: int, lr: float = 0.05) -> None:
-    """Fit only the selectors to their keep targets with the method's own loss (frames as a 2-stream chain)."""
-    selectors = list(model.method.parameters())
-    if not selectors or not model.method.image_dependent or steps <= 0:
-        return
-    frozen = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("method.")]
-    for p in frozen:
-        p.requires_grad_(False)
-    optimizer = torch.optim.Adam(selectors, lr=lr)
-    model.train()
-    for _ in range(steps):
-        state, loss = None, torch.zeros(())
+#: the keep-logit offsets the calibration searches (a log-probability margin; ±30 saturates every decision)
+OFFSET_BOUND = 30.0
+
+
+def stage_keep(model: PrunableViT, frames: list[torch.Tensor], position: int) -> float:
+    """Share of tokens entering block ``position``, over the frames after the first (one chain of streams,
+    state carried, seeded noise, inference path); the first frame only warms the temporal state."""
+    generator = torch.Generator().manual_seed(0)
+    state, keeps = None, []
+    with torch.inference_mode():
         for frame in frames:
-            out = model(frame.expand(2, -1, -1, -1), state=state)
-            state, loss = out.state, loss + out.loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    for p in frozen:
-        p.requires_grad_(True)
+            out = model(frame, state=state, generator=generator)
+            state = out.state
+            keeps.append(out.block_keep[position].float().mean().item())
+    measured = keeps[1:] or keeps
+    return sum(measured) / len(measured)
+
+
+def calibrate(model: PrunableViT, frames: list[torch.Tensor], steps: int) -> None:
+    """Set every dynamic stage of ``model`` (random weights) to keep its target share of the tokens.
+
+    Stage by stage in block order, a bisection of ``steps`` halvings over an offset added to the stage
+    scorer's keep logit (its ``fc2`` bias, channel 0) brings the share of tokens the stage passes on, over
+    ``frames`` as one chain (the first frame only warms VPP's state), to its cumulative target. Top-k
+    stages keep their target by construction and are left as they are. Gradient descent on the methods'
+    own sparsity losses was the earlier way: through hard decisions on random features it missed the
+    targets by up to 0.17 PKR (docs/performance.md §1).
+    """
+    targets = model.method.stage_targets()
     model.eval()
+    for position, scorer in sorted(model.method.dynamic_scorers().items()):
+        bias = scorer.fc2.bias
+        start = bias[0].item()
+        low, high = -OFFSET_BOUND, OFFSET_BOUND
+        for _ in range(steps):
+            middle = (low + high) / 2
+            with torch.no_grad():
+                bias[0] = start + middle
+            if stage_keep(model, frames, position) > targets[position]:
+                high = middle
+            else:
+                low = middle
+        with torch.no_grad():
+            bias[0] = start + (low + high) / 2
 
 
 def preset_model(backbone: str, method: str, target: float, calibration_frames: list[torch.Tensor],

@@ -281,6 +281,11 @@ class PruningMethod(nn.Module, abc.ABC):
         """
         return ()
 
+    def dynamic_scorers(self) -> dict[int, TokenMLP]:
+        """Position → the scorer of each stage whose kept count at inference is decided token by token
+        (no top-k): its keep logit (channel 0) against a threshold sets how many tokens the stage keeps."""
+        return {}
+
     def num_parameters(self) -> int:
         """Parameters the method adds to the backbone."""
         return sum(p.numel() for p in self.parameters())

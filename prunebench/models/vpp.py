@@ -168,6 +168,10 @@ class VPP(PruningMethod):
         """The SMs; the Map-SM keeps ⌊κN⌋ by construction."""
         return self.params.sm_positions
 
+    def dynamic_scorers(self) -> dict[int, TokenMLP]:
+        """The SMs (the Map-SM keeps a fixed ⌊κN⌋)."""
+        return dict(zip(self.params.sm_positions, self.sm_scorers))
+
     def observe(self, boundary: int, tokens: Tensor, active: Tensor, ctx: FrameContext) -> None:
         """Store this frame's keys, values and reference mask for the next frame."""
         if boundary == self.x_ref_boundary:

@@ -289,7 +289,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", type=float, default=0.40, help="goal PKR of the method presets (0.55 or 0.40)")
     p.add_argument("--frames", type=int, default=30, help="timed frames (>= 30 for reported numbers)")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--calibration-steps", type=int, default=40)
+    p.add_argument("--calibration-steps", type=int, default=20,
+                   help="bisection halvings of each dynamic stage's keep threshold (0: no calibration)")
     p.set_defaults(handler=_run_bench)
 
 
@@ -309,6 +310,8 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     check_precision(config.precision, "cpu")  # bench times on the CPU whatever the config's device
     if args.frames < 1 or args.warmup < 0:
         raise ConfigError(f"--frames {args.frames} / --warmup {args.warmup}: allowed: frames >= 1, warmup >= 0")
+    if args.calibration_steps < 0:
+        raise ConfigError(f"--calibration-steps {args.calibration_steps}: allowed: an integer >= 0")
 
     from prunebench.data.pipeline import cycled_frames  # the data and the models: once the inputs passed
     from prunebench.evaluation.bench import compare, preset_model
@@ -317,7 +320,7 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     _, valid = load_datasets(config, need=("valid",))
     torch.set_num_threads(config.eval.threads)
     frames = list(itertools.islice(cycled_frames(valid.videos, config.data.max_size), args.frames + args.warmup))
-    calibration = [f for _, f in frames[:2]]
+    calibration = [frames[0][1], *(f for _, f in itertools.takewhile(lambda pair: not pair[0], frames[1:4]))]
     models = {m: preset_model(config.model.backbone, m, args.target, calibration, args.calibration_steps, config.seed,
                               config.model.adapter)
               for m in ["dense", *pruning_methods()]}
