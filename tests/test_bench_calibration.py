@@ -1,9 +1,9 @@
-"""The latency benchmarks' calibration of random-weight selectors to their keep targets."""
+"""The latency benchmarks' calibration of random-weight selectors to their keep targets, and the frames they count."""
 
 import pytest
 import torch
 
-from prunebench.evaluation.bench import cost_over_frames, preset_model, stage_keep
+from prunebench.evaluation.bench import compare, cost_over_frames, preset_model, stage_keep
 
 
 def _video(count: int, seed: int) -> list[torch.Tensor]:
@@ -41,3 +41,14 @@ def test_top_k_methods_are_left_as_they_are(method):
     assert calibrated.method.dynamic_scorers() == {}
     for (name, a), (_, b) in zip(untouched.state_dict().items(), calibrated.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_the_counted_frames_are_the_timed_frames():
+    """MACs and PKR are counted on the frames after warm-up with the state the warm-up left, as they are timed;
+    counting them as a chain of their own would restart VPP's state (a first frame keeps every token at the Map-SM)."""
+    frames = [(i == 0, f[:1]) for i, f in enumerate(_video(6, seed=2))]
+    vpp = preset_model("vit_tiny", "vpp", 0.40, _video(4, seed=1), steps=20)
+    rows = compare({"dense": preset_model("vit_tiny", "dense", 0.40, [], steps=0), "vpp": vpp}, frames, warmup=2)
+    _, carried = cost_over_frames(vpp, frames, warmup=2)
+    _, restarted = cost_over_frames(vpp, frames[2:])
+    assert rows["vpp"]["pkr"] == carried < restarted

@@ -100,18 +100,20 @@ def time_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]], war
     return times
 
 
-def cost_over_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]],
+def cost_over_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]], warmup: int = 0,
                      precision: Precision = "fp32") -> tuple[float, float]:
-    """Mean GMACs per frame and PKR over the frames (inference path: eval mode, state carried, seeded noise)."""
+    """Mean GMACs per frame and PKR over the frames after ``warmup`` (inference path: eval mode, state
+    carried from the first frame on, noise seeded as in ``time_frames``): the frames ``time_frames`` times."""
     generator = torch.Generator().manual_seed(0)
     accountant, gmacs, state = TokenAccountant(), [], None
     model.eval()
-    for first, frame in frames:
+    for i, (first, frame) in enumerate(frames):
         with autocast(precision, "cpu"):
             cost = backbone_cost(model, frame, state=None if first else state, generator=generator)
-        accountant.update(cost.output.block_keep)
-        gmacs.append(cost.gmacs)
         state = cost.output.state
+        if i >= warmup:
+            accountant.update(cost.output.block_keep)
+            gmacs.append(cost.gmacs)
     return statistics.fmean(gmacs), accountant.pkr
 
 
@@ -120,7 +122,7 @@ def compare(models: dict[str, PrunableViT], frames: list[tuple[bool, torch.Tenso
     """Latency, speedup and GMACs ratio of every model against ``models['dense']``, all run under ``precision``."""
     rows = {}
     for name, model in models.items():
-        gmacs, pkr = cost_over_frames(model, frames[warmup:], precision)
+        gmacs, pkr = cost_over_frames(model, frames, warmup, precision)
         times = time_frames(model, frames, warmup, precision)
         rows[name] = {"latency_ms": statistics.median(times), "latency_min_ms": min(times), "gmacs": gmacs, "pkr": pkr}
     dense = rows["dense"]
