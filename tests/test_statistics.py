@@ -5,8 +5,6 @@ import pytest
 from scipy import stats
 
 from prunebench.reports.statistics import (
-    ALPHA,
-    MIN_WILCOXON_PAIRS,
     bracket,
     interpolate_at,
     interpolate_scores,
@@ -66,6 +64,14 @@ def test_non_finite_pkr_is_rejected():
         bracket([0.4, float("nan")], 0.5)
 
 
+def test_per_key_interpolation_at_a_measured_pkr_takes_its_values_as_they_are():
+    """A key missing only at the end with no weight stays; the values are not re-mixed with a zero weight."""
+    pkrs = [0.4, 0.6]
+    scores = [{"a": 66.67, "b": 20.0}, {"a": 10.0}]
+    assert interpolate_scores(pkrs, scores, 0.4) == {"a": 66.67, "b": 20.0}
+    assert interpolate_scores(pkrs, scores, 0.6) == {"a": 10.0}
+
+
 def test_per_key_interpolation_drops_keys_missing_on_either_side():
     pkrs = [0.4, 0.8, 0.6]
     scores = [{"a": 10.0, "b": 20.0, "c": 1.0}, {"a": 99.0}, {"a": 30.0, "b": 40.0}]
@@ -117,25 +123,17 @@ def test_paired_difference_ci_zero_variance_single_pair_and_length_mismatch():
         paired_difference_ci([1.0, 2.0], [1.0])
 
 
-def test_paired_test_is_the_wilcoxon_signed_rank_p_value():
-    a = [0.61, 0.48, 0.90, 0.33, 0.75, 0.52, 0.66, 0.41]
-    b = [0.58, 0.50, 0.81, 0.30, 0.70, 0.52, 0.60, 0.45]
-    diff = np.subtract(a, b)
-    assert paired_test(a, b) == pytest.approx(stats.wilcoxon(diff[diff != 0]).pvalue)
+def test_paired_test_is_the_paired_t_test_p_value():
+    a = [31.2, 28.4, 30.9]
+    b = [29.0, 27.9, 27.1]
+    assert paired_test(a, b) == pytest.approx(stats.ttest_rel(a, b).pvalue)
 
 
-def test_paired_test_exact_minimum_p_value():
-    ones = [1.0] * MIN_WILCOXON_PAIRS
-    zeros = [0.0] * MIN_WILCOXON_PAIRS
-    assert paired_test(ones, zeros) == pytest.approx(2 / 2**MIN_WILCOXON_PAIRS)
-    assert paired_test(ones, zeros) < ALPHA
-
-
-def test_paired_test_too_few_non_zero_pairs():
-    a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
-    b = [0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 7.0]  # five non-zero differences
-    assert paired_test(a, b) is None
-    assert 2 / 2**5 > ALPHA
+def test_paired_test_needs_two_pairs_and_handles_no_spread():
+    assert paired_test([30.0], [28.0]) is None
+    assert paired_test([30.0, 31.0, 32.0], [28.0, 29.0, 30.0]) == 0.0  # the same difference every seed
+    with pytest.raises(ValueError, match="length"):
+        paired_test([1.0, 2.0], [1.0])
 
 
 def test_paired_test_all_differences_zero():

@@ -16,9 +16,10 @@ Two tables per group:
   bracket the goal gives nothing (never extrapolated), and the row has an AP@goal only if every
   seed brackets it. AP@goal is the mean over seeds with a Student-t 95 % interval; ΔAP against the
   dense model and against the ``random`` control (paired by seed) come with their intervals; a
-  row is marked significantly different from VPP when the two-sided Wilcoxon signed-rank test over
-  (seed, validation video) pairs of per-video AP at the goal gives p < 0.05
-  (``reports.statistics``). Rows whose runs did not all converge are listed but not ranked.
+  row is marked significantly different from VPP when the two-sided paired Student-t test over seeds
+  of the mean per-video AP at the goal (each seed's mean over the validation videos both methods were
+  scored on) gives p < 0.05 (``reports.statistics``). Rows whose runs did not all converge are listed
+  but not ranked.
 """
 
 from __future__ import annotations
@@ -309,7 +310,7 @@ def _goal_row(method: str, goal: float, runs: list[EvalRun], settings: list[Sett
 
 
 def _compare(rows: list[GoalRow]) -> None:
-    """ΔAP against the random control (paired by seed) and the paired test against VPP (seed × video)."""
+    """ΔAP against the random control and the paired test against VPP, both paired by seed."""
     by_method = {r.method: r for r in rows}
     control, reference = by_method.get(CONTROL), by_method.get(REFERENCE)
     for row in rows:
@@ -321,11 +322,19 @@ def _compare(rows: list[GoalRow]) -> None:
                 row.delta_ap_random, row.delta_ap_random_ci = paired_difference_ci(
                     [row.seeds[s].ap for s in seeds], [control.seeds[s].ap for s in seeds])
         if reference is not None and reference.bracketed and row.method != REFERENCE:
-            pairs = [(row.seeds[s].per_video[v], reference.seeds[s].per_video[v])
-                     for s in sorted(set(row.seeds) & set(reference.seeds))
-                     for v in sorted(set(row.seeds[s].per_video) & set(reference.seeds[s].per_video))]
+            pairs = [_video_means(row.seeds[s].per_video, reference.seeds[s].per_video)
+                     for s in sorted(set(row.seeds) & set(reference.seeds))]
+            pairs = [pair for pair in pairs if pair is not None]
             if pairs:
                 row.p_vs_vpp = paired_test([a for a, _ in pairs], [b for _, b in pairs])
+
+
+def _video_means(ours: dict[str, float], theirs: dict[str, float]) -> tuple[float, float] | None:
+    """Both methods' mean per-video AP over the videos both were scored on (None: no shared video)."""
+    videos = sorted(set(ours) & set(theirs))
+    if not videos:
+        return None
+    return statistics.fmean(ours[v] for v in videos), statistics.fmean(theirs[v] for v in videos)
 
 
 def _rank(rows: list[GoalRow]) -> list[GoalRow]:
@@ -438,8 +447,8 @@ def markdown(boards: list[Leaderboard]) -> str:
         "AP-like values in percent; PKR = mean fraction of tokens entering each of the 12 blocks; GMACs = backbone "
         "multiply-accumulates per frame (GFLOPs = 2 x GMACs); FPS = whole model, batch 1. AP@goal: each seed's "
         "(PKR, AP) curve interpolated at the goal (never extrapolated), mean over seeds with a Student-t 95 % CI; "
-        "ΔAP vs random paired by seed; 'differs from VPP': two-sided Wilcoxon signed-rank test over (seed, video) "
-        "pairs of per-video AP at the goal, p < 0.05. A seed sets the fine-tuning clip order, the selectors' "
+        "ΔAP vs random paired by seed; 'differs from VPP': two-sided paired Student-t test over seeds of the mean "
+        "per-video AP at the goal (the videos averaged within each seed), p < 0.05. A seed sets the fine-tuning clip order, the selectors' "
         "initialisation and training noise, and the selectors' noise at inference. Rows whose runs did not all "
         "converge are not ranked.")
     return "\n".join(parts)

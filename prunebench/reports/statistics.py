@@ -5,10 +5,12 @@ interpolation between the two measured points that enclose the goal, never extra
 a mean gets a two-sided Student-t confidence interval (``scipy.stats.ttest_1samp``), and the
 difference of two methods gets the paired Student-t interval of ``scipy.stats.ttest_rel``, where a
 pair is the two methods' results for the same seed. Whether two methods differ is decided by the
-two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, zero differences discarded, exact or
-normal approximation as scipy chooses) over paired per-video scores, where a pair is the two
-methods' scores on the same validation video with the same seed, i.e. one pair per (seed, video);
-a p-value below ``ALPHA`` counts as a difference.
+two-sided paired Student-t test over seeds (``paired_test``, ``scipy.stats.ttest_rel``); the leaderboard
+feeds it each seed's mean over the validation videos of per-video AP at the goal. The seed is the unit:
+a seed's fine-tuning moves all of its videos together, so (seed, video) pairs are not independent, and a
+test that counted them as such (a Wilcoxon signed-rank test over them, used until 2026-12-05) calls two
+methods of equal mean different far more often than its level says. A p-value below ``ALPHA`` counts as
+a difference.
 """
 
 from __future__ import annotations
@@ -25,9 +27,6 @@ from scipy import stats
 K = TypeVar("K", bound=Hashable)
 
 ALPHA = 0.05
-# With n non-zero differences the smallest two-sided exact Wilcoxon p-value is 2 / 2**n:
-# 0.0625 for n = 5 (never below ALPHA), 0.03125 for n = 6, so fewer pairs cannot show a difference.
-MIN_WILCOXON_PAIRS = 6
 
 
 def _tied(pkrs: Sequence[float], index: int) -> list[int]:
@@ -79,8 +78,9 @@ def interpolate_scores(pkrs: Sequence[float], per_point_scores: Sequence[Mapping
                        goal: float) -> dict[K, float] | None:
     """Per-key scores (e.g. per video) interpolated at ``goal`` with the weights of ``bracket``.
 
-    Only keys present in every point of both bracketing PKRs are kept; points sharing a PKR are
-    averaged key by key. None when ``goal`` lies outside the measured PKRs.
+    Only keys present in every point the value depends on are kept (both bracketing PKRs, or the one
+    of them that has all the weight when the goal is a measured PKR; there its values are taken as they
+    are); points sharing a PKR are averaged key by key. None when ``goal`` lies outside the measured PKRs.
     """
     if len(pkrs) != len(per_point_scores):
         raise ValueError(f"{len(pkrs)} PKRs but {len(per_point_scores)} score mappings")
@@ -88,11 +88,12 @@ def interpolate_scores(pkrs: Sequence[float], per_point_scores: Sequence[Mapping
     if found is None:
         return None
     lo, hi, w = found
-    lows = [per_point_scores[i] for i in _tied(pkrs, lo)]
-    highs = [per_point_scores[i] for i in _tied(pkrs, hi)]
-    keys = [k for k in lows[0] if all(k in s for s in lows + highs)]
-    return {k: (1 - w) * statistics.fmean(s[k] for s in lows) + w * statistics.fmean(s[k] for s in highs)
-            for k in keys}
+    ends = [(1 - w, [per_point_scores[i] for i in _tied(pkrs, lo)]), (w, [per_point_scores[i] for i in _tied(pkrs, hi)])]
+    ends = [(weight, points) for weight, points in ends if weight > 0] or ends[:1]
+    keys = [k for k in ends[0][1][0] if all(k in s for _, points in ends for s in points)]
+    if len(ends) == 1:
+        return {k: statistics.fmean(s[k] for s in ends[0][1]) for k in keys}
+    return {k: sum(weight * statistics.fmean(s[k] for s in points) for weight, points in ends) for k in keys}
 
 
 def _as_array(values: Sequence[float]) -> np.ndarray:
@@ -141,17 +142,15 @@ def paired_difference_ci(a: Sequence[float], b: Sequence[float],
 
 
 def paired_test(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """Two-sided p-value of the Wilcoxon signed-rank test of paired observations ``a`` vs ``b``.
+    """Two-sided p-value of the paired Student-t test (``ttest_rel``) of ``a`` vs ``b``, one pair per seed.
 
-    Pairs whose difference is zero are discarded (scipy's ``zero_method="wilcox"``). Returns 1.0
-    when every difference is zero, and None when fewer than ``MIN_WILCOXON_PAIRS`` (6) differences
-    are non-zero: with 5 or fewer the exact test cannot reach a p-value below ``ALPHA``.
+    None for a single pair (no spread to test against); 1.0 when every difference is zero; 0.0 when every
+    difference is the same non-zero value (no spread: the t statistic is infinite).
     ValueError for no pairs or samples of different lengths.
     """
     diff = _paired(a, b)
-    nonzero = int(np.count_nonzero(diff))
-    if nonzero == 0:
-        return 1.0
-    if nonzero < MIN_WILCOXON_PAIRS:
+    if diff.size < 2:
         return None
-    return float(stats.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided").pvalue)
+    if np.ptp(diff) == 0:
+        return 1.0 if diff[0] == 0 else 0.0
+    return float(stats.ttest_rel(a, b).pvalue)
