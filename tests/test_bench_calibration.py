@@ -1,9 +1,12 @@
 """The latency benchmarks' calibration of random-weight selectors to their keep targets, and the frames they count."""
 
+import statistics
+
 import pytest
 import torch
 
 from prunebench.evaluation.bench import compare, cost_over_frames, preset_model, stage_keep
+from prunebench.evaluation.flops import backbone_cost
 
 
 def _video(count: int, seed: int) -> list[torch.Tensor]:
@@ -52,3 +55,17 @@ def test_the_counted_frames_are_the_timed_frames():
     _, carried = cost_over_frames(vpp, frames, warmup=2)
     _, restarted = cost_over_frames(vpp, frames[2:])
     assert rows["vpp"]["pkr"] == carried < restarted
+
+
+def test_a_window_across_videos_pairs_the_median_cost_with_the_median_latency():
+    """A timed window that starts a new video holds a stream-first frame (VPP keeps every token at its Map-SM):
+    its cost lifts a mean, not the median the latency is."""
+    frames = [(i in (0, 3), f[:1]) for i, f in enumerate(_video(6, seed=2))]
+    vpp = preset_model("vit_tiny", "vpp", 0.40, _video(4, seed=1), steps=20)
+    generator, state, costs = torch.Generator().manual_seed(0), None, []
+    for first, frame in frames:
+        cost = backbone_cost(vpp, frame, state=None if first else state, generator=generator)
+        state = cost.output.state
+        costs.append(cost.gmacs)
+    gmacs, _ = cost_over_frames(vpp, frames, warmup=1)
+    assert gmacs == pytest.approx(statistics.median(costs[1:])) and gmacs < statistics.fmean(costs[1:])

@@ -1,7 +1,9 @@
 """Cost accounting against the published anchors (docs/methods.md §1.5, §10; issue 2)."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,6 +111,18 @@ def test_accountant_averages_over_frames():
     assert acc.pkr == pytest.approx(0.875)
 
 
+def test_accountant_weighs_every_frame_alike_whatever_its_size():
+    """A 10-token frame keeping 40 % and a 40-token frame keeping 60 %: PKR 0.5, not the token-weighted 0.56."""
+    acc = TokenAccountant()
+    small, large = torch.zeros(12, 1, 10), torch.zeros(12, 1, 40)
+    small[:, :, :4] = 1
+    large[:, :, :24] = 1
+    acc.update(small)
+    acc.update(large)
+    assert acc.pkr == pytest.approx(0.5)
+    assert acc.per_block_tokens == pytest.approx([14.0] * 12)
+
+
 def test_flops_over_real_frames(tmp_path):
     from prunebench.data.synth import SynthSpec, generate
     from prunebench.evaluation.cost import measure_flops
@@ -121,3 +135,47 @@ def test_flops_over_real_frames(tmp_path):
     assert vpp["frames"] == 4
     # frames 1 and 2 of the first video carry state: their Map-SM keeps ⌊0.5·24⌋ = 12 tokens in blocks 1-2
     assert vpp["per_block_tokens"][1] == pytest.approx((24 + 12 + 12 + 24) / 4)
+
+
+def _enlarge_valid_video(root, index: int, factor: int) -> None:
+    """Make valid video ``index`` of a synthetic dataset ``factor`` times larger: frames, masks, boxes, areas."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    path = root / "annotations" / "instances_valid.json"
+    data = json.loads(path.read_text())
+    video = data["videos"][index]
+    for name in video["file_names"]:
+        frame = root / "valid" / "JPEGImages" / name
+        with Image.open(frame) as image:
+            image.resize((image.width * factor, image.height * factor)).save(frame)
+    for track in (a for a in data["annotations"] if a["video_id"] == video["id"]):
+        masks = [None if s is None else np.kron(mask_utils.decode(s), np.ones((factor, factor), np.uint8))
+                 for s in track["segmentations"]]
+        track["segmentations"] = [None if m is None else {**(rle := mask_utils.encode(np.asfortranarray(m))),
+                                                          "counts": rle["counts"].decode()} for m in masks]
+        track["bboxes"] = [None if b is None else [v * factor for v in b] for b in track["bboxes"]]
+        track["areas"] = [None if a is None else a * factor ** 2 for a in track["areas"]]
+        track["height"], track["width"] = video["height"] * factor, video["width"] * factor
+    video["height"], video["width"] = video["height"] * factor, video["width"] * factor
+    path.write_text(json.dumps(data))
+
+
+def test_dense_reference_cost_is_a_mean_over_frames_of_every_size(tmp_path):
+    """Three valid videos of 3 frames, two at 64x96 and one at 128x192: for the dense model the reference cost
+    equals its own cost, a mean over the 9 frames (a mean over the 2 sizes would weigh 3 large frames as 6)."""
+    from platform_helpers import write_config
+    from prunebench.config import load_config
+    from prunebench.evaluation.vis_eval import evaluate
+    from prunebench.training.protocol import load_datasets, prepare_stage
+
+    config = load_config(write_config(tmp_path, data={"synth": {"videos": 1, "valid_videos": 3, "frames": 3,
+                                                                "height": 64, "width": 96, "seed": 0}},
+                                      method={"name": "dense", "params": {}}))
+    load_datasets(config)
+    _enlarge_valid_video(tmp_path / "data", 2, 2)
+    prepared = prepare_stage(config, "finetune")
+    metrics = evaluate(prepared.model, prepared.valid, config.eval, timing=False).metrics
+    small, large = (backbone_cost(create_backbone("vit_tiny", "dense"), torch.zeros(1, 3, *size)).gmacs
+                    for size in ((64, 96), (128, 192)))
+    assert metrics["gmacs_dense"] == pytest.approx(metrics["gmacs"]) == pytest.approx((2 * small + large) / 3)

@@ -5,8 +5,8 @@ the weights are random, so the stages of methods with a dynamic keep count (VPP'
 first calibrated: their keep thresholds are set so that each keeps its target share of the tokens
 (``calibrate``); the measured PKR is reported beside the latency. Frames are timed in video
 order (VPP carries its state), after warm-up, median over the timed frames; MACs are counted on
-the executed graph over the same frames. Timing and counting run under the config's ``precision``
-(the calibration in fp32).
+the executed graph over the same frames (their median, as the latency's). Timing and counting run
+under the config's ``precision`` (the calibration in fp32).
 """
 
 from __future__ import annotations
@@ -102,8 +102,10 @@ def time_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]], war
 
 def cost_over_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]], warmup: int = 0,
                      precision: Precision = "fp32") -> tuple[float, float]:
-    """Mean GMACs per frame and PKR over the frames after ``warmup`` (inference path: eval mode, state
-    carried from the first frame on, noise seeded as in ``time_frames``): the frames ``time_frames`` times."""
+    """Median GMACs per frame and PKR over the frames after ``warmup`` (inference path: eval mode, state
+    carried from the first frame on, noise seeded as in ``time_frames``): the frames ``time_frames`` times.
+    The median pairs with the median latency: a window that crosses into a new video holds a stream-first
+    frame, which costs VPP more (every token passes its Map-SM) and would lift a mean, not the latency."""
     generator = torch.Generator().manual_seed(0)
     accountant, gmacs, state = TokenAccountant(), [], None
     model.eval()
@@ -114,7 +116,7 @@ def cost_over_frames(model: PrunableViT, frames: list[tuple[bool, torch.Tensor]]
         if i >= warmup:
             accountant.update(cost.output.block_keep)
             gmacs.append(cost.gmacs)
-    return statistics.fmean(gmacs), accountant.pkr
+    return statistics.median(gmacs), accountant.pkr
 
 
 def compare(models: dict[str, PrunableViT], frames: list[tuple[bool, torch.Tensor]], warmup: int,

@@ -241,7 +241,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
     dense = CountedBackbone(create_backbone(model.backbone.backbone_name, "dense",
                                             adapter=model.backbone.adapter_name).to(device).eval())
     counted = CountedBackbone(model.backbone)
-    results, gmacs, kept_examples = [], [], []
+    results, gmacs, dense_gmacs, kept_examples = [], [], [], []
     needs_foreground = model.backbone.method.needs_foreground
     frames = Progress("eval", sum(len(video) for video in dataset.videos), "frames", logger=log)
     with torch.inference_mode(), frames:
@@ -260,7 +260,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
                 tracker.step(frame.class_logits[0], frame.mask_logits[0], frame.query_embeddings[0])
                 accountant.update(backbone_out.block_keep)
                 gmacs.append(frame_gmacs)
-                dense.size_gmacs(image)
+                dense_gmacs.append(dense.size_gmacs(image))
                 keep = backbone_out.block_keep[:, 0].float().cpu()
                 _update_ioi(ioi, video, t, patches, keep, areas)
                 foreground_share.update(patches.any(dim=0), keep)
@@ -283,7 +283,7 @@ def evaluate(model: VISModel, dataset: YTVISDataset, config: EvalConfig, max_siz
             "fg_precision": foreground_share.result(),
             "recovery": recovery.result(),
             "gmacs": float(np.mean(gmacs)),
-            "gmacs_dense": float(np.mean(list(dense.per_size.values()))),
+            "gmacs_dense": float(np.mean(dense_gmacs)),
             "frames": accountant.frames,
             "seed": config.seed,
             "threads": config.threads,
