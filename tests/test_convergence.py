@@ -67,6 +67,18 @@ def test_loss_still_falling():
         "task loss changed 16.0 % from the previous 20 % of the steps to the last 20 % of 200 steps (allowed < 5.0 %)",)
 
 
+@pytest.mark.parametrize("fraction, total, losses", [
+    (0.4, 100, {20: 2.0, **{step: 1.0 for step in range(30, 101, 10)}}),  # (1 - 2·0.4)·100 = 19.99… in floats
+    (0.3, 90, {40: 0.75, 50: 0.75, 63: 1.5, 70: 1.0, 80: 1.0, 90: 1.0}),  # (1 - 0.3)·90 = 62.99… in floats
+])
+def test_a_window_on_a_boundary_belongs_to_the_stretch_before_it(fraction, total, losses):
+    """Each case's loss is flat across the last two stretches only if the window on the boundary (step 20: before
+    the compared stretch; step 63: in it, not in the tail) falls on its side; float boundaries moved it across."""
+    windows = [Window(step, loss, dict(TARGETS)) for step, loss in losses.items()]
+    verdict = ConvergenceRule(last_fraction=fraction).assess(windows, TARGETS, total)
+    assert verdict.loss_change == pytest.approx(0.0) and verdict.converged
+
+
 def test_too_few_windows():
     verdict = RULE.assess(_run(every=100), TARGETS, TOTAL)
     assert not verdict.converged

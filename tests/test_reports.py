@@ -13,7 +13,16 @@ import scipy.stats
 
 from prunebench.errors import ConfigError
 from prunebench.platform.tracking import Tracker, resolve_tracking_uri
-from prunebench.reports.leaderboard import GoalRow, SeedPoint, _compare, build_leaderboards, fetch_runs, markdown
+from prunebench.reports.leaderboard import (
+    EvalRun,
+    GoalRow,
+    SeedPoint,
+    _compare,
+    _rank,
+    build_leaderboards,
+    fetch_runs,
+    markdown,
+)
 from prunebench.reports.pareto import hypervolume, pareto_front
 from prunebench.reports.recovery import recovery_table
 from prunebench.reports.report import method_fronts, write_report
@@ -276,3 +285,28 @@ def test_report_renders_in_headless_chromium(store, tmp_path):
     image = Image.open(shot).convert("RGB")
     assert image.size == (1400, 2600)
     assert len(set(image.resize((140, 260)).getdata())) > 200  # tables and plots, not a blank page
+
+
+def _judged_row(method: str, ap: float, verdicts: tuple) -> GoalRow:
+    """A goal row of one seed whose runs carry the given convergence verdicts (None: no verdict logged)."""
+    runs = [EvalRun(f"{method}-{i}", method, "0.5", "vit_tiny", "d1", "0", {"pkr": 0.4}, None, converged=v)
+            for i, v in enumerate(verdicts)]
+    row = GoalRow(method, 0.40, {"0": SeedPoint(ap, {}, runs)}, 1, None)
+    row.ap_at_goal = ap
+    return row
+
+
+def test_rows_that_print_the_same_ap_share_a_rank():
+    rows = _rank([_judged_row("a", 28.34, (True,)), _judged_row("b", 28.71, (True,)),
+                  _judged_row("c", 28.26, (True,)), _judged_row("d", 24.6, (True,))])
+    assert [(r.method, r.rank) for r in rows] == [("b", 1), ("a", 2), ("c", 2), ("d", 4)]
+
+
+def test_a_run_without_a_verdict_keeps_its_row_unranked():
+    """Among judged runs, one that logged no convergence verdict has not been shown to converge."""
+    mixed, judged, unjudged = (_judged_row("mixed", 30.0, (True, None)), _judged_row("judged", 20.0, (True, True)),
+                               _judged_row("unjudged", 25.0, (None, None)))
+    ranked = _rank([mixed, judged, unjudged])
+    assert [(r.method, r.rank) for r in ranked] == [("judged", 1), ("mixed", None), ("unjudged", None)]
+    assert mixed.converged is False and mixed.as_dict()["converged_runs"] == "1/2"
+    assert unjudged.converged is None and unjudged.as_dict()["converged_runs"] is None

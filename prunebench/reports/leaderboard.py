@@ -158,9 +158,11 @@ class SettingRow:
 
     @property
     def converged(self) -> str:
-        """``k/n`` runs converged (``–`` when the runs carry no verdict, e.g. the dense model)."""
-        judged = [r.converged for r in self.runs if r.converged is not None]
-        return f"{sum(judged)}/{len(judged)}" if judged else "–"
+        """``k/n`` of the runs converged, n counting every run (``–`` when none carries a verdict, e.g. the
+        dense model)."""
+        if all(r.converged is None for r in self.runs):
+            return "–"
+        return f"{sum(r.converged is True for r in self.runs)}/{len(self.runs)}"
 
     def as_dict(self) -> dict[str, Any]:
         """Flat record for tables and Parquet."""
@@ -211,9 +213,12 @@ class GoalRow:
 
     @property
     def converged(self) -> bool | None:
-        """All runs behind the AP@goal converged (None: nothing to judge)."""
-        judged = [r.converged for r in self.used_runs if r.converged is not None]
-        return all(judged) if judged else None
+        """All runs behind the AP@goal converged (None: no run carries a verdict). A run without a verdict
+        among judged ones has not been shown to converge: the row is not converged."""
+        verdicts = [r.converged for r in self.used_runs]
+        if all(v is None for v in verdicts):
+            return None
+        return all(v is True for v in verdicts)
 
     @property
     def significant_vs_vpp(self) -> bool | None:
@@ -232,7 +237,8 @@ class GoalRow:
 
     def as_dict(self) -> dict[str, Any]:
         """The leaderboard row of the JSON contract (plus the intervals and p-value)."""
-        judged = [r.converged for r in self.used_runs if r.converged is not None]
+        verdicts = [r.converged for r in self.used_runs]
+        judged = any(v is not None for v in verdicts)
         return {
             "method": self.method, "goal_pkr": self.goal, "rank": self.rank, "ap_at_goal": self.ap_at_goal,
             "ap_ci": None if self.ap_ci is None else list(self.ap_ci), "delta_ap_dense": self.delta_ap_dense,
@@ -240,7 +246,8 @@ class GoalRow:
             "delta_ap_random": self.delta_ap_random,
             "delta_ap_random_ci": None if self.delta_ap_random_ci is None else list(self.delta_ap_random_ci),
             "p_vs_vpp": self.p_vs_vpp, "significant_vs_vpp": self.significant_vs_vpp, "converged": self.converged,
-            "converged_runs": f"{sum(judged)}/{len(judged)}" if judged else None, "seeds": self.total_seeds,
+            "converged_runs": f"{sum(v is True for v in verdicts)}/{len(verdicts)}" if judged else None,
+            "seeds": self.total_seeds,
             "bracketed": self.bracketed, "pkr": self.pkr_bracket(),
             "ap_nearest": None if self.nearest is None else self.nearest.mean.get("AP"),
             "setting_nearest": None if self.nearest is None else self.nearest.setting,
@@ -338,10 +345,15 @@ def _video_means(ours: dict[str, float], theirs: dict[str, float]) -> tuple[floa
 
 
 def _rank(rows: list[GoalRow]) -> list[GoalRow]:
-    """Converged rows with an AP@goal ranked by it; the others listed after them, unranked."""
+    """Converged rows with an AP@goal ranked by it; the others listed after them, unranked.
+
+    Rows whose AP@goal prints the same (one decimal) share a rank, and the next rank skips as many
+    (1, 2, 2, 4): an order the table cannot show is not claimed.
+    """
     ranked = sorted((r for r in rows if r.converged and r.ap_at_goal is not None), key=lambda r: -r.ap_at_goal)
-    for position, row in enumerate(ranked, start=1):
-        row.rank = position
+    for row in ranked:
+        shown = round(row.ap_at_goal, 1)
+        row.rank = 1 + sum(round(other.ap_at_goal, 1) > shown for other in ranked)
     rest = sorted((r for r in rows if r.rank is None), key=lambda r: (r.ap_at_goal is None, -(r.ap_at_goal or 0.0)))
     return ranked + rest
 
@@ -450,5 +462,5 @@ def markdown(boards: list[Leaderboard]) -> str:
         "ΔAP vs random paired by seed; 'differs from VPP': two-sided paired Student-t test over seeds of the mean "
         "per-video AP at the goal (the videos averaged within each seed), p < 0.05. A seed sets the fine-tuning clip order, the selectors' "
         "initialisation and training noise, and the selectors' noise at inference. Rows whose runs did not all "
-        "converge are not ranked.")
+        "converge (or logged no verdict) are not ranked; rows whose AP@goal prints the same share a rank.")
     return "\n".join(parts)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 from pydantic import Field
 
@@ -72,8 +73,12 @@ class ConvergenceRule(ConfigModel):
         fraction = self.last_fraction
         span = f"the last {100 * fraction:g} % of {total_steps} steps"
         ordered = sorted(windows, key=lambda w: w.step)
-        tail = [w for w in ordered if w.step > (1 - fraction) * total_steps]
-        before = [w for w in ordered if (1 - 2 * fraction) * total_steps < w.step <= (1 - fraction) * total_steps]
+        # the boundaries in exact arithmetic: in floats (1 - 2 * 0.4) * 100 is 19.999999999999996, which put a
+        # window at step 20 into the stretch before the tail's
+        tail_start = Fraction(str(fraction)) * total_steps
+        tail_from, before_from = total_steps - tail_start, total_steps - 2 * tail_start
+        tail = [w for w in ordered if w.step > tail_from]
+        before = [w for w in ordered if before_from < w.step <= tail_from]
         reasons = []
         if len(tail) < self.min_windows:
             reasons.append(f"only {len(tail)} logging window{'' if len(tail) == 1 else 's'} in {span} "
