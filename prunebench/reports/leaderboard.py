@@ -137,6 +137,14 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def converged_runs(runs: Sequence[EvalRun]) -> str | None:
+    """``k/n``: k of the ``runs`` converged, n counting every run (a run without a verdict among judged ones
+    has not been shown to converge); None when no run carries a verdict."""
+    if all(r.converged is None for r in runs):
+        return None
+    return f"{sum(r.converged is True for r in runs)}/{len(runs)}"
+
+
 @dataclass
 class SettingRow:
     """A method at one keep setting, over its seeds (or the dense model)."""
@@ -158,11 +166,8 @@ class SettingRow:
 
     @property
     def converged(self) -> str:
-        """``k/n`` of the runs converged, n counting every run (``–`` when none carries a verdict, e.g. the
-        dense model)."""
-        if all(r.converged is None for r in self.runs):
-            return "–"
-        return f"{sum(r.converged is True for r in self.runs)}/{len(self.runs)}"
+        """``k/n`` of the runs converged (``–`` when none carries a verdict, e.g. the dense model)."""
+        return converged_runs(self.runs) or "–"
 
     def as_dict(self) -> dict[str, Any]:
         """Flat record for tables and Parquet."""
@@ -237,8 +242,6 @@ class GoalRow:
 
     def as_dict(self) -> dict[str, Any]:
         """The leaderboard row of the JSON contract (plus the intervals and p-value)."""
-        verdicts = [r.converged for r in self.used_runs]
-        judged = any(v is not None for v in verdicts)
         return {
             "method": self.method, "goal_pkr": self.goal, "rank": self.rank, "ap_at_goal": self.ap_at_goal,
             "ap_ci": None if self.ap_ci is None else list(self.ap_ci), "delta_ap_dense": self.delta_ap_dense,
@@ -246,8 +249,7 @@ class GoalRow:
             "delta_ap_random": self.delta_ap_random,
             "delta_ap_random_ci": None if self.delta_ap_random_ci is None else list(self.delta_ap_random_ci),
             "p_vs_vpp": self.p_vs_vpp, "significant_vs_vpp": self.significant_vs_vpp, "converged": self.converged,
-            "converged_runs": f"{sum(v is True for v in verdicts)}/{len(verdicts)}" if judged else None,
-            "seeds": self.total_seeds,
+            "converged_runs": converged_runs(self.used_runs), "seeds": self.total_seeds,
             "bracketed": self.bracketed, "pkr": self.pkr_bracket(),
             "ap_nearest": None if self.nearest is None else self.nearest.mean.get("AP"),
             "setting_nearest": None if self.nearest is None else self.nearest.setting,
