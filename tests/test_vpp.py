@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from prunebench.models import create_backbone
-from prunebench.models.pruning import gumbel_noise, hard_gumbel_keep
-from prunebench.models.vpp import spatial_prior
+from prunebench.models.pruning import Candidates, FrameContext, gumbel_noise, hard_gumbel_keep
+from prunebench.models.vpp import VPP, VPPParams, spatial_prior
 
 N = 196
 KAPPA = 0.7
@@ -150,3 +150,22 @@ def test_loss_matches_methods_formula(clip):
     sm_first = [r.keep.mean() for r in first.records[1:]]  # Map-SM inactive on the first frame
     torch.testing.assert_close(first.loss, 40 * sum((k - t) ** 2 for k, t in zip(sm_first, targets)) / 3)
     assert p.sm_targets == pytest.approx(tuple(targets))
+
+
+def test_map_sm_matches_in_fp32_under_a_bf16_autocast():
+    """Near-identical tokens (dot products ~700, 0.1 apart): bf16 products would round by ~1 and change most
+    matches; the Map-SM matches on fp32 products whatever the autocast (noise off to compare exactly)."""
+    torch.manual_seed(0)
+    vpp = VPP(VPPParams(stochastic_inference=False), 192, 12).eval()
+    grid, n = (8, 14), 112
+    base = 2.0 * torch.randn(1, 1, 192)
+    tokens, keys = (base + 0.03 * torch.randn(1, n, 192) for _ in range(2))
+    values = torch.randn(1, n, 192)
+    state = {"x_ref": keys, "x_to_map": values, "selector": torch.ones(1, n, dtype=torch.bool), "grid": grid}
+    mapped = []
+    vpp.map_scorer.register_forward_pre_hook(lambda _module, args: mapped.append(args[0]))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        vpp.select(1, Candidates(tokens, torch.ones(1, n), torch.arange(n)[None], grid),
+                   FrameContext(grid, False, state_in=state))
+    match = (tokens @ keys.transpose(1, 2) + spatial_prior(grid, grid, tokens.device)).argmax(-1)
+    assert torch.equal(mapped[0], values[0, match[0]][None])

@@ -206,10 +206,12 @@ class VPP(PruningMethod):
         if tokens.shape[1] != candidates.num_tokens:
             raise RuntimeError("the Map-SM must be the first pruning stage (it sees all tokens)")
         p, noise = self.params, self._noise(ctx)
-        # (B, N, N') raw dot products plus the prior (tokens in grid order: the first stage), in the promoted
-        # dtype (fp32 under a bf16 autocast); the N × N' work after it runs in place, with the same values
+        # (B, N, N') raw dot products plus the prior (tokens in grid order: the first stage), in fp32 whatever
+        # the autocast: bf16 products of ~700 round by ~1, ten times the noise scale 1/τ, and change the
+        # matches of similar tokens; the N × N' work after it runs in place, with the same values
         prior = spatial_prior(ctx.grid, state["grid"], tokens.device)
-        scores = tokens @ state["x_ref"].transpose(1, 2) + prior
+        with torch.autocast(tokens.device.type, enabled=False):
+            scores = tokens.float() @ state["x_ref"].float().transpose(1, 2) + prior
         keys = state["selector"]
         keys = keys | ~keys.any(dim=1, keepdim=True)  # no kept key at all: fall back to every key
         scores.masked_fill_(~keys[:, None, :], float("-inf"))

@@ -19,6 +19,7 @@ from typing import Any
 from prunebench.config import ExperimentConfig
 from prunebench.errors import ConfigError
 from prunebench.models.pretrained import read_timm_state
+from prunebench.models.pruning import PruningMethod
 from prunebench.models.registry import backbone_spec, build_method, method_names
 from prunebench.platform.resources import check_local_gpu
 from prunebench.precision import check_precision
@@ -27,11 +28,12 @@ from prunebench.training.checkpoint import check_backbone, method_params
 log = logging.getLogger(__name__)
 
 
-def check_model(backbone: str, method: str, params: Mapping[str, Any] | None) -> None:
-    """The backbone is known and ``params`` are valid parameters of ``method`` on it."""
+def check_model(backbone: str, method: str, params: Mapping[str, Any] | None) -> PruningMethod:
+    """The backbone is known and ``params`` are valid parameters of ``method`` on it; returns the method built."""
     _, dim, _, depth = backbone_spec(backbone)
-    build_method(method, params, dim, depth)
+    built = build_method(method, params, dim, depth)
     log.debug("checked: backbone %s, method %s %s", backbone, method, dict(params or {}))
+    return built
 
 
 def check_pretrained(path: str, backbone: str) -> None:
@@ -60,11 +62,17 @@ def check_experiment(config: ExperimentConfig, address: str | None = None, metho
 
 
 def check_finetune(config: ExperimentConfig) -> None:
-    """Fine-tuning needs a pruning method (``dense`` would overwrite the dense checkpoint with itself)."""
+    """Fine-tuning needs a pruning method (``dense`` would overwrite the dense checkpoint with itself), and a
+    method that carries state from frame to frame (VPP) needs clips of at least two frames: the first frame
+    of a chain only warms up that state."""
     if config.method.name == "dense":
         methods = ", ".join(m for m in method_names() if m != "dense")
         raise ConfigError(f"method.name=dense: finetune needs a pruning method; allowed: --set method.name=NAME, "
                           f"NAME one of {methods}")
+    method = check_model(config.model.backbone, config.method.name, config.method.params)
+    if method.observation_points and config.data.num_ref < 1:
+        raise ConfigError(f"data.num_ref={config.data.num_ref}: {config.method.name} carries state from frame to "
+                          "frame and trains on the frames that have it; allowed: data.num_ref >= 1")
 
 
 def check_evaluated(config: ExperimentConfig, checkpoint: str) -> None:

@@ -189,7 +189,9 @@ def _worker(loop_config: dict[str, Any]) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     with logger:
-        train_steps(model, prepared.sampler, optim, config.seed + rank, torch.device(config.device), start_step=start,
+        # one seed on every rank: the distributed sampler shuffles alike everywhere and each rank takes its own
+        # slice (a seed per rank made the slices of different permutations overlap, and some clips unseen)
+        train_steps(model, prepared.sampler, optim, config.seed, torch.device(config.device), start_step=start,
                     optimizer_state=optimizer_state, on_step=on_step, rank=rank, world=world,
                     precision=config.stage_precision(stage))
 

@@ -28,7 +28,8 @@ from prunebench.progress import Progress
 
 log = logging.getLogger(__name__)
 MAX_SKIPPED_STEPS = 10
-NO_DECAY_HINTS = ("norm", "bias", "pos_embed", "query", "level_embed")
+# "queries": Mask2Former's query features and embeddings (``queries_features``, ``queries_embedder``)
+NO_DECAY_HINTS = ("norm", "bias", "pos_embed", "query", "queries", "level_embed")
 
 
 def param_groups(model: VISModel, optim: OptimConfig) -> list[dict]:
@@ -216,10 +217,13 @@ class ChainLoss:
 
 def forward_chain(model: VISModel, batch: ClipBatch, device: torch.device) -> ChainLoss:
     """Run every clip of ``batch`` as a frame chain: the backbone state of frame t (VPP) goes to frame t+1
-    without detaching. Stage keeps are those inference sees: for a temporal method, the frames that had its state."""
+    without detaching. For a temporal method the first frame only warms up the state (docs/methods.md §2.8):
+    it adds its sparsity loss but no task loss, and its keeps are not the ones inference sees; the task loss
+    and the stage keeps are the means over the frames that had the state (every frame, for the others). The
+    sparsity loss is the mean over all frames."""
     frames = batch.frames.to(device)
     needs_foreground = model.backbone.method.needs_foreground
-    state, task, prune, keep = None, 0.0, 0.0, 0.0
+    state, task, prune, keep, tasked = None, 0.0, 0.0, 0.0, 0
     stage_keep: dict[str, list[float]] = {}
     steps = frames.shape[1]
     for t in range(steps):
@@ -228,12 +232,16 @@ def forward_chain(model: VISModel, batch: ClipBatch, device: torch.device) -> Ch
         out = model(frames[:, t], state=state, targets=targets, foreground=foreground)
         measured = state is not None or out.backbone.state is None
         state = out.backbone.state
-        task = task + out.task_loss
+        if measured:
+            task, tasked = task + out.task_loss, tasked + 1
         prune = prune + out.backbone.loss
         keep += float(out.backbone.block_keep.detach().mean())
         for record in out.backbone.records if measured else ():
             stage_keep.setdefault(f"b{record.position}", []).append(float(record.keep.detach().mean()))
-    return ChainLoss(task / steps, prune / steps, keep / steps, {k: sum(v) / len(v) for k, v in stage_keep.items()})
+    if not tasked:
+        raise ValueError(f"a chain of {steps} frame(s) gives a temporal method no frame with its state: "
+                         "it needs at least 2 frames (data.num_ref >= 1)")
+    return ChainLoss(task / tasked, prune / steps, keep / steps, {k: sum(v) / len(v) for k, v in stage_keep.items()})
 
 
 def _foreground(targets: list[tuple[Tensor, Tensor]]) -> Tensor:
