@@ -238,8 +238,8 @@ def _run_train(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config, parse_assignments(args.overrides))
     finetune = args.stage == "finetune"
     if finetune:
-        preflight.check_finetune(config)
-    preflight.check_experiment(config, args.address, method=finetune)
+        preflight.check_finetune(config)  # the method, its parameters and the clips it needs
+    preflight.check_experiment(config, args.address)
     if args.workers < 1 or (args.cpus_per_worker is not None and args.cpus_per_worker < 1):
         raise ConfigError(f"--workers {args.workers} / --cpus-per-worker {args.cpus_per_worker}: allowed: integers >= 1")
     if args.gpu and config.device != "cuda":
@@ -271,7 +271,7 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.platform.preflight import check_evaluated, check_experiment
 
     config = load_config(args.config, parse_assignments(args.overrides))
-    check_experiment(config, method=False, ray=False)
+    check_experiment(config, ray=False)
     check_evaluated(config, args.checkpoint)
 
     from prunebench.platform.runs import evaluate_logged  # the model, MLflow: once the inputs passed
@@ -363,7 +363,7 @@ def _run_tune(args: argparse.Namespace) -> dict[str, Any]:
     from prunebench.platform.tracking import resolve_tracking_uri
 
     config = load_config(args.config, parse_assignments(args.overrides))
-    preflight.check_experiment(config, args.address, method=False)  # the trials' method comes from the space
+    preflight.check_experiment(config, args.address)  # the trials' method comes from the space
     check_study(args.space, config, args.objective, args.num_samples, args.cpus_per_trial, args.reports,
                 args.gpus_per_trial, args.name, args.storage_path, args.resume)  # before the dense model is trained
     uri = resolve_tracking_uri(args.tracking_uri, config.out)
@@ -511,7 +511,7 @@ def _run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if args.gpus_per_trial is not None:
         overrides["benchmark.gpus_per_trial"] = args.gpus_per_trial
     config = load_config(args.config, overrides)
-    check_experiment(config, args.address, method=False)
+    check_experiment(config, args.address)
     specs = check_benchmark(config, args.resume, args.storage_path)
 
     from prunebench.platform.benchmark import run_benchmark  # Ray, MLflow and the model: once the inputs passed
@@ -545,7 +545,7 @@ def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
     if args.gpus_per_trial is not None:
         overrides["benchmark.gpus_per_trial"] = args.gpus_per_trial
     config = load_config("demo", overrides)
-    check_experiment(config, args.address, method=False)
+    check_experiment(config, args.address)
     gpus_per_trial(config, config.benchmark.gpus_per_trial)
     specs = demo_specs(config)
 

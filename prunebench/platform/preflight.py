@@ -44,13 +44,12 @@ def check_pretrained(path: str, backbone: str) -> None:
     load_timm_state(create_backbone(backbone), state, path)
 
 
-def check_experiment(config: ExperimentConfig, address: str | None = None, method: bool = True,
-                     ray: bool = True) -> None:
-    """What a command that builds the config's model needs: the backbone, the config's method and its parameters
-    (``method=False``: the command trains dense or takes its methods elsewhere), ``model.pretrained``, the
-    device (``ray=False``: the command runs in this process, never on a cluster) and the precision on it."""
-    check_model(config.model.backbone, config.method.name if method else "dense",
-                config.method.params if method else {})
+def check_experiment(config: ExperimentConfig, address: str | None = None, ray: bool = True) -> None:
+    """What a command that builds the config's model needs: the backbone, ``model.pretrained``, the device
+    (``ray=False``: the command runs in this process, never on a cluster) and the precision on it. A pruning
+    method is checked where the command takes it: ``check_finetune``, ``check_evaluated``, a search space,
+    a benchmark grid."""
+    check_model(config.model.backbone, "dense", {})
     if config.model.pretrained:
         check_pretrained(config.model.pretrained, config.model.backbone)
     check_local_gpu(config, address, ray)
