@@ -115,6 +115,8 @@ CASES: dict[str, Case] = {
                                   "got 'vit_huge'"),
     "tune_from_checkpoint_of_other_backbone": Case(("tune", "vpp", "--config", "$config", "--from", "$small"),
                                                    "a checkpoint of backbone vit_small"),
+    "tune_temporal_space_on_single_frames": Case(("tune", "vpp", "--config", "$config", "--set", "data.num_ref=0"),
+                                                 "data.num_ref=0: vpp carries state from frame to frame"),
     # benchmark
     "benchmark_unknown_method": Case(("benchmark", "$config", "--set", "benchmark.methods=[vppp]"), "unknown method 'vppp'"),
     "benchmark_settings_that_miss_a_goal": Case(("benchmark", "$config", "--set", "benchmark.settings=[0.6, 0.7]"),
@@ -127,12 +129,17 @@ CASES: dict[str, Case] = {
     "benchmark_gpus_requested_without_gpu": Case(("benchmark", "$config", "--set", "device=cuda", "--gpus-per-trial",
                                                    "0.5"), "has no GPU", without_gpu=True),
     "benchmark_resume_of_nothing": Case(("benchmark", "$config", "--resume"), "nothing named 'tiny'"),
+    "benchmark_temporal_method_on_single_frames": Case(("benchmark", "$config", "--set", "benchmark.methods=[tps, vpp]",
+                                                        "--set", "data.num_ref=0"),
+                                                       "data.num_ref=0: vpp carries state from frame to frame"),
     # demo
     "demo_unknown_backbone": Case(("demo", "--out", "$out", "--set", "model.backbone=vit_huge"), "got 'vit_huge'"),
     "demo_gpus_requested_with_cpu_device": Case(("demo", "--out", "$out", "--gpus-per-trial", "1"),
                                                 "the GPUs would sit idle"),
     "demo_pretrained_of_other_shapes": Case(("demo", "--out", "$out", "--set", "model.pretrained=$pretrained_small"),
                                             "not a vit_tiny checkpoint"),
+    "demo_on_single_frames": Case(("demo", "--out", "$out", "--set", "data.num_ref=0"),
+                                  "data.num_ref=0: vpp carries state from frame to frame"),
     # rescore
     "rescore_without_a_store": Case(("rescore", "$config"), "no MLflow store"),
     "rescore_data_root_missing": Case(("rescore", "$config", "--set", "data.root=$missing"), "missing.safetensors"),

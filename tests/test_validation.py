@@ -116,3 +116,21 @@ def test_flops_json_contract(capsys):
         assert key in result
     assert len(result["per_block_tokens"]) == 12
     assert result["gmacs"] < result["gmacs_dense"]
+
+
+def test_single_frame_clips_refused_only_for_a_space_that_carries_state(tmp_path):
+    """``tune`` with ``data.num_ref=0``: a VPP space is refused (its trials would fail in Ray), a space of a
+    stateless method is not, nor is VPP's space once every corner drops the Map-SM (no state to carry)."""
+    from platform_helpers import write_config
+    from prunebench.config import load_config
+    from prunebench.errors import ConfigError
+    from prunebench.platform.study_checks import check_study
+
+    config = load_config(write_config(tmp_path, data={"num_ref": 0}))
+    args = ("pkr", 1, 1, 1, None, None, None, False)
+    with pytest.raises(ConfigError, match="data.num_ref=0: vpp carries state"):
+        check_study("vpp", config, *args)
+    assert check_study("dynamicvit", config, *args).space.method == "dynamicvit"
+    stateless = tmp_path / "vpp-without-map-sm.yaml"
+    stateless.write_text("method: vpp\nparams:\n  map_position: {choice: [null]}\n  kappa: {uniform: [0.4, 0.8]}\n")
+    assert check_study(str(stateless), config, *args).space.method == "vpp"

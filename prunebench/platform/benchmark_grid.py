@@ -8,6 +8,7 @@ from prunebench.config import ExperimentConfig
 from prunebench.errors import ConfigError
 from prunebench.models.presets import PKR_TARGETS, params_for_pkr, params_for_target, pruning_methods
 from prunebench.models.registry import backbone_spec, build_method, method_class
+from prunebench.platform.preflight import check_clips
 from prunebench.platform.resources import gpus_per_trial
 from prunebench.platform.resume import check_resumable, ray_storage
 from prunebench.platform.trial_spec import TrialSpec
@@ -28,7 +29,8 @@ def benchmark_specs(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
             fixed = bench.fixed.get(method, {})
             settings = [(f"{pkr:.2f}", params_for_pkr(method, pkr, base=fixed)) for pkr in bench.settings]
         for setting, params in settings:
-            build_method(method, params, dim, depth)  # one line naming a bad parameter, before anything starts
+            # one line naming a bad parameter or clips too short for the method, before anything starts
+            check_clips(config, build_method(method, params, dim, depth))
             specs += [TrialSpec(f"{method}-{setting}-s{seed}", method, params, seed,
                                 {"setting": setting, "benchmark": config.name}) for seed in bench.seeds]
     return tuple(specs)
@@ -52,7 +54,7 @@ def demo_specs(config: ExperimentConfig) -> tuple[TrialSpec, ...]:
     for method in pruning_methods():
         for target in PKR_TARGETS:
             params = params_for_target(method, target, base=config.benchmark.fixed.get(method))
-            build_method(method, params, dim, depth)
+            check_clips(config, build_method(method, params, dim, depth))
             specs.append(TrialSpec(f"{method}-{target:.2f}", method, params, config.seed,
                                    {"target": f"{target:.2f}", "setting": f"{target:.2f}"}))
     return tuple(specs)

@@ -68,9 +68,15 @@ def check_finetune(config: ExperimentConfig) -> None:
         methods = ", ".join(m for m in method_names() if m != "dense")
         raise ConfigError(f"method.name=dense: finetune needs a pruning method; allowed: --set method.name=NAME, "
                           f"NAME one of {methods}")
-    method = check_model(config.model.backbone, config.method.name, config.method.params)
+    check_clips(config, check_model(config.model.backbone, config.method.name, config.method.params))
+
+
+def check_clips(config: ExperimentConfig, method: PruningMethod) -> None:
+    """A method that carries state from frame to frame (VPP) is fine-tuned on the frames that have that state:
+    its clips need at least one reference frame (``data.num_ref >= 1``); every command that fine-tunes checks it
+    for each method it will fine-tune."""
     if method.observation_points and config.data.num_ref < 1:
-        raise ConfigError(f"data.num_ref={config.data.num_ref}: {config.method.name} carries state from frame to "
+        raise ConfigError(f"data.num_ref={config.data.num_ref}: {method.name} carries state from frame to "
                           "frame and trains on the frames that have it; allowed: data.num_ref >= 1")
 
 

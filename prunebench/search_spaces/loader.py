@@ -66,6 +66,11 @@ class SearchSpace:
                 out[d.name] = tune.choice([json.dumps(v) if isinstance(v, list) else v for v in d.values])
         return out
 
+    def corner_params(self) -> list[dict[str, Any]]:
+        """The parameter sets at the space's corners: every dimension at one of its extreme values."""
+        names = [d.name for d in self.dimensions]
+        return [dict(zip(names, corner)) for corner in itertools.product(*(d.corners() for d in self.dimensions))]
+
     def method_params(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """Decode a sampled trial config back into method parameters."""
         params = {}
@@ -120,9 +125,10 @@ def load_space(source: str | Path, depth: int = 12) -> SearchSpace:
         if name not in allowed:
             raise ConfigError(f"{path}: unknown parameter '{name}' for method '{method}'; allowed: {', '.join(allowed)}")
         dimensions.append(_dimension(str(path), name, spec))
-    for corner in itertools.product(*(d.corners() for d in dimensions)):
+    space = SearchSpace(method, tuple(dimensions), str(path))
+    for corner in space.corner_params():
         try:
-            parse_params(method, params_cls, dict(zip((d.name for d in dimensions), corner)), depth)
+            parse_params(method, params_cls, corner, depth)
         except ConfigError as error:
             raise ConfigError(f"{path}: the space reaches an invalid setting ({error})") from None
-    return SearchSpace(method, tuple(dimensions), str(path))
+    return space
