@@ -19,16 +19,23 @@ from prunebench.models.pruning import Candidates, FrameContext, Selection
 from prunebench.models.registry import register_method
 
 
-def squeeze(hosts: Tensor, host_valid: Tensor, pruned: Tensor, pruned_weight: Tensor) -> Tensor:
+def squeeze(hosts: Tensor, host_valid: Tensor, pruned: Tensor, pruned_weight: Tensor,
+            same_tokens: bool = False) -> Tensor:
     """Fuse each pruned token into its most similar valid host; return the new hosts ``(B, r, D)``.
 
     Args:
         hosts: ``(B, r, D)`` candidate host tokens; ``host_valid`` ``(B, r)`` bool marks real hosts.
         pruned: ``(B, p, D)`` tokens to squeeze; ``pruned_weight`` ``(B, p)`` is 1 for a token
             pruned at this stage, 0 otherwise (straight-through gradients pass through it).
+        same_tokens: rows and columns are the same N tokens (the fixed-shape call): the diagonal is masked, so a
+            kept token's row matches its nearest *other* kept host, as in the released code. Its weight is 0, so
+            no value changes; its gradient is that of squeezing the token there (zero if it matched itself).
     """
     similarity = F.normalize(pruned, dim=-1, eps=1e-6) @ F.normalize(hosts, dim=-1, eps=1e-6).transpose(1, 2)
-    similarity = similarity.masked_fill(~host_valid[:, None, :], float("-inf"))
+    invalid = ~host_valid[:, None, :]
+    if same_tokens:
+        invalid = invalid | torch.eye(hosts.shape[1], dtype=torch.bool, device=hosts.device)
+    similarity = similarity.masked_fill(invalid, float("-inf"))
     best, host = similarity.max(dim=-1)
     weight = pruned_weight * torch.exp(best).nan_to_num(0.0)  # (B, p); no valid host → 0
     index = host[..., None].expand(-1, -1, hosts.shape[-1])
@@ -54,5 +61,7 @@ class TPS(DynamicViT):
                 tokens[:, host_idx], kept[:, host_idx], tokens[:, pruned_idx], weight[:, pruned_idx],
             )
             return Selection(keep, tokens=tokens.index_copy(1, host_idx, hosts))
-        pruned_weight = weight * (1.0 - keep)
-        return Selection(keep, tokens=squeeze(tokens, kept, tokens, pruned_weight))
+        # (1 − d)·w, d = keep·w the cumulative mask: 1 for a token pruned at this stage; its gradient reaches this
+        # stage's predictor and the earlier ones' as the released code's match mask does
+        pruned_weight = weight * (1.0 - keep * weight)
+        return Selection(keep, tokens=squeeze(tokens, kept, tokens, pruned_weight, same_tokens=True))

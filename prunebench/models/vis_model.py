@@ -138,10 +138,13 @@ class VISModel(nn.Module):
         if targets is not None:
             kwargs = {"mask_labels": [m for m, _ in targets], "class_labels": [c for _, c in targets]}
         out = self.head(pixel_values=images, **kwargs)
+        # the tracker's embeddings: the last decoder layer's output after the decoder's LayerNorm, as MinVIS and the
+        # class head read it (transformers' field holds that layer's output before the norm)
+        decoder_norm = self.head.model.transformer_module.decoder.layernorm
         return FrameOutput(
             class_logits=out.class_queries_logits,
             mask_logits=out.masks_queries_logits,
-            query_embeddings=out.transformer_decoder_last_hidden_state,
+            query_embeddings=decoder_norm(out.transformer_decoder_last_hidden_state),
             backbone=backbone_out,
             task_loss=out.loss,
         )
