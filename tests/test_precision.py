@@ -176,3 +176,25 @@ def test_fp16_loss_scaler_path_skips_overflowing_steps_and_applies_the_others(tm
     else:
         assert not any(m.skipped for m in steps)
         assert any(not torch.equal(before[name], after[name]) for name in before)
+
+
+@NEEDS_BF16_CPU
+@pytest.mark.parametrize("method", ["dynamicvit", "tps", "svit", "vpp"])
+def test_training_keep_decisions_stay_zero_or_one_under_bf16(method):
+    """The straight-through keep decisions are made in fp32 under bf16 autocast: in bf16 a kept token's value
+    1 + s − s rounds to 0.996, which would scale its block update and bias the ratio loss."""
+    from prunebench.models import create_backbone
+
+    torch.manual_seed(0)
+    backbone = create_backbone("vit_tiny", method).train()
+    frames = torch.randn(2, 2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    state = None
+    with autocast("bf16", "cpu"):
+        for t in range(2):  # VPP's Map-SM decides from the second frame on
+            out = backbone(frames[:, t], state=state)
+            state = out.state
+    keeps = [record.keep for record in out.records]
+    assert len(keeps) >= 3
+    for keep in keeps:
+        # fp32's own rounding of 1 + s − s is below 1e-7
+        assert keep.dtype == torch.float32 and float((keep.detach() - keep.detach().round()).abs().max()) < 1e-6, keep.unique()

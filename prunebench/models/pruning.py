@@ -65,6 +65,9 @@ def hard_gumbel_keep(
 
     ``noise=False`` gives the deterministic decision ``Δ > 0``.
     """
+    # in fp32 whatever the autocast: in bf16 the uniform draws have 8 bits and a straight-through keep 1 + s − s
+    # rounds to 0.996, which would scale the kept tokens' updates and bias the ratio losses
+    log_probs = log_probs.float()
     noisy = log_probs + noise_scale * gumbel_noise(log_probs, generator) if noise else log_probs
     hard = (noisy[..., 0] > noisy[..., 1]).to(log_probs.dtype)
     if not gradient:

@@ -225,7 +225,7 @@ class VPP(PruningMethod):
             mapped = straight_through(hard, soft) @ values
         else:
             mapped = values.gather(1, match[..., None].expand(-1, -1, values.shape[-1]))
-        log_probs = self._smooth(self.map_scorer(mapped), ctx.grid)
+        log_probs = self._smooth(self.map_scorer(mapped).float(), ctx.grid)  # fp32, as ``hard_gumbel_keep``
         if noise:
             log_probs = log_probs + gumbel_noise(log_probs, ctx.generator) / p.tau
         score = torch.softmax(log_probs, dim=-1)[..., 0]
