@@ -270,7 +270,10 @@ def video_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, flo
 def per_video_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float | None]:
     """Video AP of each video on its own (percent, keyed by the video id as a string; None where the
     video has no ground truth). The statistical unit of the leaderboard's paired test. ``results``
-    as for ``video_ap``."""
+    as for ``video_ap``.
+
+    As pycocotools does for one image, only the categories present in the video count: a track of a category
+    the video does not contain costs nothing here, while the dataset-level AP counts it as a false positive."""
     return _per_video(_video_evaluation(gt, results))
 
 
@@ -296,7 +299,11 @@ def _one_image(evaluator: COCOeval, image_id: int) -> COCOeval:
 
 def frame_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float | None]:
     """Frame-level COCO AP (pycocotools): ``mAP_bbox`` and ``mAP_segm``, each frame an image of its
-    video (a track's frames beyond its video's length are left out). ``results`` as for ``video_ap``."""
+    video (a track's frames beyond its video's length are left out). ``results`` as for ``video_ap``.
+
+    Every frame of a track is scored with the track's video-level score (there are no per-frame detector
+    scores after tracking), so these are comparable between prunebench's rows, not to a paper's frame-level
+    columns."""
     images, image_of = [], {}
     lengths = {video["id"]: video["length"] for video in gt["videos"]}
     for video in gt["videos"]:
