@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 from prunebench.config import ExperimentConfig
 from prunebench.errors import ConfigError
-from prunebench.models.registry import backbone_spec, build_method
-from prunebench.platform.preflight import check_clips
+from prunebench.platform.preflight import check_clips, check_model
 from prunebench.platform.resources import gpus_per_trial
 from prunebench.platform.resume import check_resumable, ray_storage
 from prunebench.search_spaces.loader import SearchSpace, load_space
@@ -36,9 +35,8 @@ def check_study(space_source: str, config: ExperimentConfig, objective: str, num
                           "allowed: integers >= 1")
     space = load_space(space_source)
     if config.data.num_ref < 1:  # single-frame clips: refused if a corner of the space carries state (VPP)
-        _, dim, _, depth = backbone_spec(config.model.backbone)
         for params in space.corner_params():
-            check_clips(config, build_method(space.method, params, dim, depth))
+            check_clips(config, check_model(config.model.backbone, space.method, params))
     study = CheckedStudy(space, gpus_per_trial(config, gpus), name or f"tune-{space.method}",
                          ray_storage(config.out, storage_path))
     if resume:
