@@ -103,7 +103,7 @@ def measure(config, stage: str, precision: str, steps: int, warmup: int) -> list
     pre = register_optimizer_step_pre_hook(lambda *_: clock.start("optimizer"))
     post = register_optimizer_step_post_hook(lambda *_: clock.stop("optimizer"))
 
-    def on_step(metrics, _optimizer) -> None:
+    def on_step(metrics, _state) -> None:
         phases = clock.take()
         if metrics.step > warmup:
             phases["backward + rest"] = metrics.seconds - sum(phases.values())

@@ -1,15 +1,20 @@
-"""The training loop's pieces: which frames of a chain carry which loss, and which parameters decay."""
+"""The training loop's pieces: which frames of a chain carry which loss, which parameters decay, exact resumption."""
+
+import io
 
 import pytest
 import torch
 
+from platform_helpers import write_config
 from prunebench.data.pipeline import ClipBatch
 from prunebench.models.head_config import HeadConfig
 from prunebench.models.vis_model import VISModel
 from prunebench.models.vit import create_backbone
-from prunebench.config import OptimConfig
-from prunebench.training.loop import forward_chain, param_groups
+from prunebench.config import OptimConfig, load_config
+from prunebench.training.loop import LoopState, forward_chain, param_groups, train_steps
+from prunebench.training.protocol import prepare_stage
 
+CPU = torch.device("cpu")
 SMALL_HEAD = HeadConfig(num_queries=4, hidden_dim=32, decoder_layers=1, pixel_decoder_layers=1, heads=2,
                         feedforward_dim=64, train_points=256)
 
@@ -58,3 +63,40 @@ def test_query_embeddings_norms_and_biases_get_no_weight_decay():
     assert queries and not set(queries) & names
     assert not any("norm" in n or n.endswith(".bias") or "pos_embed" in n for n in names)
     assert any(n.endswith("attn.qkv.weight") for n in names)  # matrices still decay
+
+
+class _Stop(Exception):
+    pass
+
+
+def _finetune(tmp_path, method: str = "dynamicvit"):
+    """A DynamicViT (Gumbel noise: torch's global generator) fine-tune of the tiny config, 8 steps: 2 epochs of 4."""
+    config = load_config(write_config(tmp_path, method={"name": method}, finetune={"steps": 8}))
+    return config, prepare_stage(config, "finetune")
+
+
+def test_a_run_resumed_at_an_epoch_end_ends_with_the_weights_of_the_run_that_did_not_stop(tmp_path):
+    config, prepared = _finetune(tmp_path)
+    train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, CPU)
+    uninterrupted = {k: v.clone() for k, v in prepared.model.state_dict().items()}
+
+    config, prepared = _finetune(tmp_path)
+    saved: dict = {}
+
+    def stop_after_the_first_epoch(metrics, state: LoopState) -> None:
+        if metrics.step == 4:
+            buffer = io.BytesIO()  # what a Ray Train checkpoint writes and reads back
+            torch.save(state.state_dict(), buffer)
+            saved.update(weights={k: v.clone() for k, v in prepared.model.state_dict().items()}, state=buffer.getvalue())
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, CPU, on_step=stop_after_the_first_epoch)
+    assert any(not torch.equal(saved["weights"][k], uninterrupted[k]) for k in uninterrupted)
+
+    config, prepared = _finetune(tmp_path)  # a new worker: rebuilt from the seed, then the checkpoint
+    prepared.model.load_state_dict(saved["weights"])
+    state = torch.load(io.BytesIO(saved["state"]), map_location="cpu", weights_only=True)
+    train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, CPU, start_step=4, resume_state=state)
+    resumed = prepared.model.state_dict()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)

@@ -2,8 +2,10 @@
 
 The workers run the same loop as the plain protocol (``training.loop.train_steps``). Every epoch
 (one pass over the clips) and at the end, each worker reports its metrics and rank 0 attaches a
-checkpoint (weights + optimizer state + step). If a worker dies, Ray restarts the group
-(``FailureConfig``) and the workers resume from the latest reported checkpoint. The final weights
+checkpoint (weights + step, and the loop's state: optimizer, loss scaler, random states). If a worker
+dies, Ray restarts the group (``FailureConfig``) and the workers resume from the latest reported
+checkpoint exactly where it was taken: with one worker, the rest of the run is that of a run that did
+not stop (the same weights at the end); with several, every rank takes rank 0's random state. The final weights
 are copied to the requested path as a regular prunebench checkpoint.
 
 Without an address a local Ray starts; ``--address`` / ``RAY_ADDRESS`` joins a cluster. Storage
@@ -40,13 +42,13 @@ from prunebench.config import ExperimentConfig, load_config
 from prunebench.platform.resources import check_cluster_gpus, process_group_backend, worker_config
 from prunebench.platform.resume import ray_storage
 from prunebench.training.checkpoint import CODE_VERSION_ENV, code_version, read_checkpoint, save_checkpoint
-from prunebench.training.loop import StepMetrics, mean_metrics, train_steps
+from prunebench.training.loop import LoopState, StepMetrics, mean_metrics, train_steps
 from prunebench.training.protocol import log_progress, prepare_stage
 from prunebench.validation import to_dict
 
 log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
-OPTIMIZER = "optimizer.pt"
+LOOP_STATE = "loop_state.pt"
 #: the driver's log level, handed to the workers
 LOG_LEVEL_ENV = "PRUNEBENCH_LOG_LEVEL"
 
@@ -152,13 +154,13 @@ def _worker(loop_config: dict[str, Any]) -> None:
     with received_file(loop_config["init"]) as init:
         prepared = prepare_stage(config, stage, init)
     model, optim = prepared.model, prepared.optim
-    start, optimizer_state = 0, None
+    start, loop_state = 0, None
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as folder:
             saved = read_checkpoint(Path(folder) / WEIGHTS)
             saved.load_into(model)
-            optimizer_state = torch.load(Path(folder) / OPTIMIZER, map_location="cpu", weights_only=True)
+            loop_state = torch.load(Path(folder) / LOOP_STATE, map_location="cpu", weights_only=True)
             start = saved.meta["step"]
         log.info("rank %d resumes at step %d", rank, start)
     steps_per_epoch = epoch_steps(len(prepared.sampler), optim.batch_size, world)
@@ -167,8 +169,8 @@ def _worker(loop_config: dict[str, Any]) -> None:
     logger = log_progress(stage, prepared.meta["method"], optim, start)
     window: list[StepMetrics] = []
 
-    def on_step(metrics: StepMetrics, optimizer: torch.optim.Optimizer) -> None:
-        logger(metrics, optimizer)
+    def on_step(metrics: StepMetrics, state: LoopState) -> None:
+        logger(metrics, state)
         window.append(metrics)
         if metrics.step % steps_per_epoch == 0 or metrics.step == optim.steps:
             mean = mean_metrics(window)
@@ -180,7 +182,7 @@ def _worker(loop_config: dict[str, Any]) -> None:
                 with tempfile.TemporaryDirectory() as folder:
                     save_checkpoint(Path(folder) / WEIGHTS, model,
                                     {**prepared.meta, **loop_config["meta"], "step": metrics.step})
-                    torch.save(optimizer.state_dict(), Path(folder) / OPTIMIZER)
+                    torch.save(state.state_dict(), Path(folder) / LOOP_STATE)
                     ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
             else:
                 ray.train.report(report)
@@ -192,7 +194,7 @@ def _worker(loop_config: dict[str, Any]) -> None:
         # one seed on every rank: the distributed sampler shuffles alike everywhere and each rank takes its own
         # slice (a seed per rank made the slices of different permutations overlap, and some clips unseen)
         train_steps(model, prepared.sampler, optim, config.seed, torch.device(config.device), start_step=start,
-                    optimizer_state=optimizer_state, on_step=on_step, rank=rank, world=world,
+                    resume_state=loop_state, on_step=on_step, rank=rank, world=world,
                     precision=config.stage_precision(stage))
 
 

@@ -34,7 +34,7 @@ from prunebench.platform.resources import worker_config
 from prunebench.platform.trial_spec import Describe, TrialSpec
 from prunebench.training.checkpoint import save_checkpoint
 from prunebench.training.convergence import Window
-from prunebench.training.loop import StepMetrics, mean_metrics, train_steps
+from prunebench.training.loop import LoopState, StepMetrics, mean_metrics, train_steps
 from prunebench.training.probe import Probe, ProbeReading
 from prunebench.training.protocol import prepare_stage
 from prunebench.validation import to_dict
@@ -80,7 +80,7 @@ def run_trial(config: ExperimentConfig, spec: TrialSpec, dense: str, threads: in
     device = torch.device(config.device)
     probe = Probe(prepared.sampler, config.convergence.probe_clips, prepared.optim.batch_size) if spec.finetune else None
 
-    def on_step(metrics: StepMetrics, optimizer: torch.optim.Optimizer) -> None:
+    def on_step(metrics: StepMetrics, _state: LoopState) -> None:
         window.append(metrics)
         if metrics.step % every and metrics.step != steps:
             return

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -55,11 +56,19 @@ def _lr_factor(step: int, optim: OptimConfig) -> float:
 
 
 def _batches(loader: DataLoader, sampler: ClipSampler, shard: DistributedSampler | None) -> Iterator[ClipBatch]:
+    """The batches of epoch after epoch. Each epoch's iterator is run out before its last batch is handed on
+    (the shuffling sampler draws once more when it ends), so that at the end of an epoch the clip order's
+    generator stands where the next epoch starts: what a checkpoint there saves (``LoopState``)."""
     while True:
         if shard is not None:
             shard.set_epoch(sampler.epoch)
-        yield from loader
+        batches = iter(loader)
+        for _ in range(len(loader) - 1):
+            yield next(batches)
+        last = next(batches)
+        next(batches, None)  # runs it out: the sampler's closing draw (a dropped partial batch is never read)
         sampler.epoch += 1
+        yield last
 
 
 @dataclass
@@ -92,6 +101,39 @@ def _average_gradients(params: list[nn.Parameter], world: int) -> None:
         offset += g.numel()
 
 
+class LoopState:
+    """What the loop needs besides the weights to go on exactly where it stopped: the optimizer, the loss
+    scaler and the random states (torch's global generator, which draws the methods' Gumbel noise and the
+    loss's sampled points; the GPU's; the generator that shuffles the clips of every epoch).
+
+    Saved with a checkpoint at the end of a step (``state_dict``) and handed back to ``train_steps``
+    (``resume_state``), the remaining steps are those of an uninterrupted run: same clips in the same
+    order, same noise, same updates.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, clip_order: torch.Generator,
+                 device: torch.device):
+        self.optimizer, self.scaler, self.clip_order, self.device = optimizer, scaler, clip_order, device
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain containers only (loadable with ``torch.load(..., weights_only=True)``)."""
+        state = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                 "torch_rng": torch.get_rng_state(), "clip_order_rng": self.clip_order.get_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict`` (on every rank: the ranks draw alike, from the same seed)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:  # a disabled scaler saves nothing
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.clip_order.set_state(state["clip_order_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+
 def train_steps(
     model: VISModel,
     sampler: ClipSampler,
@@ -99,14 +141,16 @@ def train_steps(
     seed: int,
     device: torch.device,
     start_step: int = 0,
-    optimizer_state: dict | None = None,
-    on_step: Callable[[StepMetrics, torch.optim.Optimizer], None] | None = None,
+    resume_state: dict[str, Any] | None = None,
+    on_step: Callable[[StepMetrics, LoopState], None] | None = None,
     rank: int = 0,
     world: int = 1,
     precision: Precision = "fp32",
 ) -> torch.optim.Optimizer:
-    """Run steps ``start_step .. optim.steps - 1``; return the optimizer (for checkpoints).
+    """Run steps ``start_step .. optim.steps - 1``; return the optimizer.
 
+    ``resume_state``: the ``LoopState.state_dict()`` that ``on_step`` was handed at step ``start_step``, the
+    end of an epoch (with the weights of that step in ``model``): the run goes on as if it had not stopped.
     With ``world > 1`` (inside a Ray Train worker group) each worker reads its shard of the clips,
     starts from rank 0's weights and applies the mean gradient of all workers. ``precision``: the
     forward under autocast (``prunebench.precision``: the backbone in the lower precision, the head and
@@ -117,9 +161,11 @@ def train_steps(
         g["initial_lr"] = g["lr"]
     # fused: one kernel for all parameters per step, not ~10 operations per tensor (docs/performance.md)
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, fused=True)
-    scaler = grad_scaler(precision, device)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+    clip_order = torch.Generator().manual_seed(seed)
+    state = LoopState(optimizer, grad_scaler(precision, device), clip_order, device)
+    if resume_state is not None:
+        state.load_state_dict(resume_state)
+    scaler = state.scaler
     params = [p for g in groups for p in g["params"]]
     shard = DistributedSampler(sampler, num_replicas=world, rank=rank, shuffle=True, seed=seed) if world > 1 else None
     if world > 1:
@@ -127,7 +173,7 @@ def train_steps(
             torch.distributed.broadcast(p.data, src=0)
     loader = DataLoader(sampler, batch_size=optim.batch_size, shuffle=shard is None, sampler=shard,
                         drop_last=len(sampler) >= optim.batch_size * world, collate_fn=collate_clips,
-                        generator=torch.Generator().manual_seed(seed))
+                        generator=clip_order)
     sampler.epoch = start_step // max(1, len(loader))
     batches = _batches(loader, sampler, shard)
     model.train()
@@ -162,7 +208,7 @@ def train_steps(
         if on_step is not None:
             on_step(StepMetrics(step + 1, float(loss.detach()), float(task), float(prune), chain.keep,
                                 optimizer.param_groups[0]["lr"], time.perf_counter() - tic, skipped=not finite,
-                                stage_keep=chain.stage_keep), optimizer)
+                                stage_keep=chain.stage_keep), state)
     return optimizer
 
 
@@ -174,7 +220,7 @@ class LogEvery:
         self.every, self.progress = every, progress
         self._window: list[StepMetrics] = []
 
-    def __call__(self, metrics: StepMetrics, optimizer: torch.optim.Optimizer) -> None:
+    def __call__(self, metrics: StepMetrics, state: LoopState) -> None:
         self._window.append(metrics)
         self.progress.update()
         if metrics.step % self.every == 0 or metrics.step == self.progress.total:
