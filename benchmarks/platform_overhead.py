@@ -12,6 +12,8 @@
    Ray's start-up. ``--idle-ray`` adds a third run to each pair, the plain loop in this process beside
    an idle Ray Train run (a local Ray, its Train controller and one worker holding the same CPUs and
    sleeping): what Ray's own processes cost a loop that uses every core, without Ray running it.
+   ``--ray-task`` adds another: the plain loop inside a plain Ray task holding the same CPUs (a local
+   Ray, no Train): Ray's worker process and daemons without Train's controller, reports and checkpoints.
 2. A sweep of ``--trials`` short DynamicViT fine-tune+eval trials (Ray Tune + Optuna) with 2 CPUs
    per trial (1 concurrent) vs 1 CPU per trial (2 concurrent) on this 2-core machine.
 """
@@ -113,6 +115,21 @@ def beside_idle_ray(config, epoch: int, threads: int, name: str) -> tuple[float,
         ray.shutdown()
 
 
+@ray.remote
+def _loop_in_task(config, epoch: int, threads: int) -> tuple[float, float, float]:
+    torch.set_num_threads(threads)
+    return bare(config, epoch)
+
+
+def in_ray_task(config, epoch: int, threads: int) -> tuple[float, float, float]:
+    """``bare`` inside a plain Ray task holding ``threads`` CPUs of a local Ray started for the run."""
+    connect(None, num_cpus=2)
+    try:
+        return ray.get(_loop_in_task.options(num_cpus=threads).remote(config, epoch, threads))
+    finally:
+        ray.shutdown()
+
+
 def sweep(config, dense: Path, trials: int, cpus_per_trial: int, name: str) -> float:
     begin = time.perf_counter()
     connect(None, num_cpus=2)
@@ -130,6 +147,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--idle-ray", action="store_true",
                         help="also time the plain loop beside an idle Ray Train run (what Ray's processes cost it)")
+    parser.add_argument("--ray-task", action="store_true",
+                        help="also time the plain loop inside a plain Ray task (Ray without Train's machinery)")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: allowed: 1 or more")
@@ -141,32 +160,36 @@ def main() -> None:
         epoch = steps_per_epoch(config)
         if args.steps < 2 * epoch:
             parser.error(f"--steps {args.steps}: allowed: at least two epochs ({2 * epoch} steps); the first is warm-up")
+        extras = {"idle Ray": ("bare beside idle Ray", "idle", args.idle_ray),
+                  "Ray task": ("bare in a Ray task", "task", args.ray_task)}
+        chosen = [kind for kind, (_, _, wanted) in extras.items() if wanted]
         rows = []
         for repeat in range(args.repeats):
             name = f"overhead-{repeat + 1}"
             runs = {"bare": lambda: bare(config, epoch),
                     "idle Ray": lambda: beside_idle_ray(config, epoch, args.threads, f"{name}-idle"),
+                    "Ray task": lambda: in_ray_task(config, epoch, args.threads),
                     "Ray": lambda: through_ray(config, args.threads, name)}
-            order = [kind for kind in runs if args.idle_ray or kind != "idle Ray"]
+            order = [kind for kind in runs if kind in ("bare", "Ray") or kind in chosen]
             if repeat % 2:
                 order.reverse()
-            done = {kind: runs[kind]() for kind in order}
-            rows.append((repeat + 1, ", ".join(order), done["bare"], done["Ray"], done.get("idle Ray")))
+            rows.append((repeat + 1, ", ".join(order), {kind: runs[kind]() for kind in order}))
         print(f"\nTraining stage: {args.steps} steps of batch 4 at 128x224, vit_tiny + Mask2Former head, {args.threads} threads; "
               f"s/step is the mean after the first epoch ({epoch} steps)\n")
-        idle_head = " bare beside idle Ray s/step | idle ÷ bare |" if args.idle_ray else ""
-        print(f"| pair | order | bare s/step | Ray Train s/step | Ray ÷ bare |{idle_head} first epoch: bare | first epoch: Ray "
+        extra_head = "".join(f" {extras[kind][0]} s/step | {extras[kind][1]} ÷ bare |" for kind in chosen)
+        print(f"| pair | order | bare s/step | Ray Train s/step | Ray ÷ bare |{extra_head} first epoch: bare | first epoch: Ray "
               "| bare wall s | Ray wall s (incl. start-up) |")
-        print("|---:|---|---:|---:|---:|" + ("---:|---:|" if args.idle_ray else "") + "---:|---:|---:|---:|")
-        for pair, order, (bare_warm, bare_step, bare_wall), (ray_warm, ray_step, ray_wall), idle_run in rows:
-            idle_cells = f" {idle_run[1]:.3f} | {idle_run[1] / bare_step:.2f} |" if idle_run else ""
-            print(f"| {pair} | {order} | {bare_step:.3f} | {ray_step:.3f} | {ray_step / bare_step:.2f} |{idle_cells} {bare_warm:.3f} "
+        print("|---:|---|---:|---:|---:|" + "---:|---:|" * len(chosen) + "---:|---:|---:|---:|")
+        for pair, order, done in rows:
+            (bare_warm, bare_step, bare_wall), (ray_warm, ray_step, ray_wall) = done["bare"], done["Ray"]
+            extra_cells = "".join(f" {done[kind][1]:.3f} | {done[kind][1] / bare_step:.2f} |" for kind in chosen)
+            print(f"| {pair} | {order} | {bare_step:.3f} | {ray_step:.3f} | {ray_step / bare_step:.2f} |{extra_cells} {bare_warm:.3f} "
                   f"| {ray_warm:.3f} | {bare_wall:.1f} | {ray_wall:.1f} |")
-        ratios = [ray_run[1] / bare_run[1] for _, _, bare_run, ray_run, _ in rows]
-        print(f"\nRay Train ÷ bare loop, per step: {ratio_summary(ratios)}")
-        if args.idle_ray:
-            idle = [idle_run[1] / bare_run[1] for _, _, bare_run, _, idle_run in rows]
-            print(f"Bare loop beside an idle Ray Train run ÷ bare loop alone: {ratio_summary(idle)}")
+        print(f"\nRay Train ÷ bare loop, per step: {ratio_summary([done['Ray'][1] / done['bare'][1] for *_, done in rows])}")
+        summaries = {"idle Ray": "Bare loop beside an idle Ray Train run ÷ bare loop alone",
+                     "Ray task": "Bare loop inside a plain Ray task ÷ bare loop alone"}
+        for kind in chosen:
+            print(f"{summaries[kind]}: {ratio_summary([done[kind][1] / done['bare'][1] for *_, done in rows])}")
         if args.trials < 1:
             return
         dense = run_stage(config, "train", root / "dense.safetensors")

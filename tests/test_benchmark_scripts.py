@@ -56,15 +56,19 @@ def test_attention_kernels_times_both_kernels_and_marks_the_chosen_one():
     assert rows[("forward", "bf16", "112")].split("|")[4].strip().endswith("*")  # fused: no backward pass
 
 
-def test_platform_overhead_times_bare_ray_train_and_bare_beside_idle_ray_after_the_warm_up_epoch():
-    out = _run("platform_overhead.py", "--steps", "32", "--repeats", "1", "--trials", "0", "--threads", "1", "--idle-ray")
+def test_platform_overhead_times_bare_ray_train_idle_ray_and_a_ray_task_after_the_warm_up_epoch():
+    out = _run("platform_overhead.py", "--steps", "32", "--repeats", "1", "--trials", "0", "--threads", "1",
+               "--idle-ray", "--ray-task")
     assert "mean after the first epoch (16 steps)" in out
-    row = next(line for line in out.splitlines() if line.startswith("| 1 | bare, idle Ray, Ray |"))
-    bare_step, ray_step, ratio, idle_step, idle_ratio, bare_warm, ray_warm = (float(c) for c in row.split("|")[3:10])
-    assert min(bare_step, ray_step, idle_step, bare_warm, ray_warm) > 0
-    assert abs(ratio - ray_step / bare_step) < 0.01 and abs(idle_ratio - idle_step / bare_step) < 0.01
+    row = next(line for line in out.splitlines() if line.startswith("| 1 | bare, idle Ray, Ray task, Ray |"))
+    cells = [float(c) for c in row.split("|")[3:12]]
+    bare_step, ray_step, ratio, idle_step, idle_ratio, task_step, task_ratio, bare_warm, ray_warm = cells
+    assert min(bare_step, ray_step, idle_step, task_step, bare_warm, ray_warm) > 0
+    for step, shown in ((ray_step, ratio), (idle_step, idle_ratio), (task_step, task_ratio)):
+        assert abs(shown - step / bare_step) < 0.01
     assert "Ray Train ÷ bare loop, per step: median" in out
     assert "Bare loop beside an idle Ray Train run ÷ bare loop alone: median" in out
+    assert "Bare loop inside a plain Ray task ÷ bare loop alone: median" in out
 
 
 def test_platform_overhead_refuses_fewer_steps_than_two_epochs():
