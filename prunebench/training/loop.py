@@ -124,7 +124,8 @@ class LoopState:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a ``state_dict`` (on every rank: the ranks draw alike, from the same seed)."""
+        """Restore a ``state_dict`` (with several ranks, rank 0's on each: their later random draws need not be
+        those of the uninterrupted run, whose ranks' global generators part when their batches differ)."""
         self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:  # a disabled scaler saves nothing
             self.scaler.load_state_dict(state["scaler"])
@@ -146,8 +147,8 @@ def train_steps(
     rank: int = 0,
     world: int = 1,
     precision: Precision = "fp32",
-) -> torch.optim.Optimizer:
-    """Run steps ``start_step .. optim.steps - 1``; return the optimizer.
+) -> None:
+    """Run steps ``start_step .. optim.steps - 1``.
 
     ``resume_state``: the ``LoopState.state_dict()`` that ``on_step`` was handed at step ``start_step``, the
     end of an epoch (with the weights of that step in ``model``): the run goes on as if it had not stopped.
@@ -209,7 +210,6 @@ def train_steps(
             on_step(StepMetrics(step + 1, float(loss.detach()), float(task), float(prune), chain.keep,
                                 optimizer.param_groups[0]["lr"], time.perf_counter() - tic, skipped=not finite,
                                 stage_keep=chain.stage_keep), state)
-    return optimizer
 
 
 class LogEvery:
