@@ -160,9 +160,12 @@ def main() -> None:
         epoch = steps_per_epoch(config)
         if args.steps < 2 * epoch:
             parser.error(f"--steps {args.steps}: allowed: at least two epochs ({2 * epoch} steps); the first is warm-up")
-        extras = {"idle Ray": ("bare beside idle Ray", "idle", args.idle_ray),
-                  "Ray task": ("bare in a Ray task", "task", args.ray_task)}
-        chosen = [kind for kind, (_, _, wanted) in extras.items() if wanted]
+        # the optional runs: (column, ratio column, summary line, asked for)
+        extras = {"idle Ray": ("bare beside idle Ray", "idle", "Bare loop beside an idle Ray Train run ÷ bare loop alone",
+                               args.idle_ray),
+                  "Ray task": ("bare in a Ray task", "task", "Bare loop inside a plain Ray task ÷ bare loop alone",
+                               args.ray_task)}
+        chosen = [kind for kind, (*_, wanted) in extras.items() if wanted]
         rows = []
         for repeat in range(args.repeats):
             name = f"overhead-{repeat + 1}"
@@ -186,10 +189,8 @@ def main() -> None:
             print(f"| {pair} | {order} | {bare_step:.3f} | {ray_step:.3f} | {ray_step / bare_step:.2f} |{extra_cells} {bare_warm:.3f} "
                   f"| {ray_warm:.3f} | {bare_wall:.1f} | {ray_wall:.1f} |")
         print(f"\nRay Train ÷ bare loop, per step: {ratio_summary([done['Ray'][1] / done['bare'][1] for *_, done in rows])}")
-        summaries = {"idle Ray": "Bare loop beside an idle Ray Train run ÷ bare loop alone",
-                     "Ray task": "Bare loop inside a plain Ray task ÷ bare loop alone"}
         for kind in chosen:
-            print(f"{summaries[kind]}: {ratio_summary([done[kind][1] / done['bare'][1] for *_, done in rows])}")
+            print(f"{extras[kind][2]}: {ratio_summary([done[kind][1] / done['bare'][1] for *_, done in rows])}")
         if args.trials < 1:
             return
         dense = run_stage(config, "train", root / "dense.safetensors")
