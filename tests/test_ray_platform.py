@@ -36,8 +36,8 @@ def test_killed_train_worker_resumes_from_its_last_checkpoint_as_if_it_had_not_s
     root, config, result = dense
     marker = tmp_path / "killed"
     finetune = ["finetune", config, "--from", result["checkpoint"], "--set", "method.name=dynamicvit",
-                "--set", "finetune.steps=8", "--json"]
-    # 2 videos x 4 frames, batch 2: 4 steps per epoch -> checkpoints at steps 4 and 8; killed after step 6.
+                "--set", "finetune.steps=12", "--json"]
+    # 2 videos x 4 frames, batch 2: 4 steps per epoch -> checkpoints at steps 4, 8 and 12; killed after step 6.
     # Train V2's controller collects a report when it polls the workers (every 2 s by default); a worker killed
     # before that loses the report's checkpoint and its group starts over, so the test polls every 50 ms
     done = cli([*finetune, "--out", tmp_path / "ft.safetensors"], check=False,
@@ -49,7 +49,8 @@ def test_killed_train_worker_resumes_from_its_last_checkpoint_as_if_it_had_not_s
     assert "rank 0 resumes at step 4" in done.stderr  # ... and its successor started from the checkpoint
     client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
     steps = [m.step for m in client.get_metric_history(out["mlflow_run_id"], "train_loss")]
-    assert steps == [4, 8]  # resumed at step 4: nothing was reported twice, the run finished
+    # every epoch's report, once (the run keeps its last 2 checkpoints, and their metrics are not the run's history)
+    assert steps == [4, 8, 12] and out["epochs_reported"] == 3
     # the same clips, noise and updates after the restart as in a run that was never killed
     # (its own output folder: a Ray Train run of an existing name and storage resumes from that run's checkpoint)
     cli([*finetune, "--set", f"out={tmp_path / 'again'}", "--out", tmp_path / "uninterrupted.safetensors"])

@@ -49,6 +49,8 @@ from prunebench.validation import to_dict
 log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
 LOOP_STATE = "loop_state.pt"
+#: every report of the run up to the checkpoint (JSON), so that a resumed worker still returns the whole run's
+HISTORY = "history.json"
 #: the driver's log level, handed to the workers
 LOG_LEVEL_ENV = "PRUNEBENCH_LOG_LEVEL"
 
@@ -144,7 +146,8 @@ def epoch_steps(clips: int, batch_size: int, world: int = 1) -> int:
     return max(1, clips // (batch_size * world))
 
 
-def _worker(loop_config: dict[str, Any]) -> None:
+def _worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """One Train worker's stage; returns every report of the run (rank 0's is the run's ``return_value``)."""
     worker_logging()
     config = worker_config(load_config(loop_config["config"]))
     stage, threads = loop_config["stage"], loop_config["threads"]
@@ -154,13 +157,14 @@ def _worker(loop_config: dict[str, Any]) -> None:
     with received_file(loop_config["init"]) as init:
         prepared = prepare_stage(config, stage, init)
     model, optim = prepared.model, prepared.optim
-    start, loop_state = 0, None
+    start, loop_state, history = 0, None, []
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as folder:
             saved = read_checkpoint(Path(folder) / WEIGHTS)
             saved.load_into(model)
             loop_state = torch.load(Path(folder) / LOOP_STATE, map_location="cpu", weights_only=True)
+            history = json.loads((Path(folder) / HISTORY).read_text())
             start = saved.meta["step"]
         log.info("rank %d resumes at step %d", rank, start)
     steps_per_epoch = epoch_steps(len(prepared.sampler), optim.batch_size, world)
@@ -178,11 +182,13 @@ def _worker(loop_config: dict[str, Any]) -> None:
                       "task_loss": mean.task_loss, "prune_loss": mean.prune_loss, "keep": mean.keep,
                       "lr": metrics.lr, "seconds_per_step": mean.seconds}
             window.clear()
+            history.append(report)
             if rank == 0:
                 with tempfile.TemporaryDirectory() as folder:
                     save_checkpoint(Path(folder) / WEIGHTS, model,
                                     {**prepared.meta, **loop_config["meta"], "step": metrics.step})
                     torch.save(state.state_dict(), Path(folder) / LOOP_STATE)
+                    (Path(folder) / HISTORY).write_text(json.dumps(history))
                     ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
             else:
                 ray.train.report(report)
@@ -196,6 +202,7 @@ def _worker(loop_config: dict[str, Any]) -> None:
         train_steps(model, prepared.sampler, optim, config.seed, torch.device(config.device), start_step=start,
                     resume_state=loop_state, on_step=on_step, rank=rank, world=world,
                     precision=config.stage_precision(stage))
+    return history
 
 
 @dataclass
@@ -242,5 +249,5 @@ def train_on_ray(
         raise RuntimeError(f"Ray Train run {run_name} finished without a checkpoint")
     with result.checkpoint.as_directory() as folder, atomic_path(out) as tmp:
         shutil.copyfile(Path(folder) / WEIGHTS, tmp)
-    history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
-    return StageResult(Path(out), history, str(result.path))
+    # the run's reports from rank 0: Train V2's metrics_dataframe holds only the retained checkpoints' (the last 2)
+    return StageResult(Path(out), result.return_value, str(result.path))
