@@ -49,7 +49,7 @@ from prunebench.validation import to_dict
 log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
 LOOP_STATE = "loop_state.pt"
-#: every report of the run up to the checkpoint (JSON), so that a resumed worker still returns the whole run's
+#: every report of the run up to the checkpoint (JSON): a resumed worker still returns the whole run's reports
 HISTORY = "history.json"
 #: the driver's log level, handed to the workers
 LOG_LEVEL_ENV = "PRUNEBENCH_LOG_LEVEL"
