@@ -14,6 +14,11 @@
    sleeping): what Ray's own processes cost a loop that uses every core, without Ray running it.
    ``--ray-task`` adds another: the plain loop inside a plain Ray task holding the same CPUs (a local
    Ray, no Train): Ray's worker process and daemons without Train's controller, reports and checkpoints.
+   ``--background-load CORES`` adds another: the plain loop in this process beside a synthetic load, a
+   process that burns CORES of CPU in 45-µs bursts (about as often as Ray's idle processes wake), with
+   no Ray running: what that much CPU taken by others costs a loop that uses every core. Every run of the
+   plain loop also reports the CPU that everything else on the machine used during its timed steps
+   ("other cores": the machine's busy CPU time minus the loop process's, per second).
 2. A sweep of ``--trials`` short DynamicViT fine-tune+eval trials (Ray Tune + Optuna) with 2 CPUs
    per trial (1 concurrent) vs 1 CPU per trial (2 concurrent) on this 2-core machine.
 """
@@ -21,13 +26,16 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import prunebench  # noqa: F401  (torchvision guard before timm)
+import psutil
 import ray
 import ray.train
 import torch
@@ -58,19 +66,45 @@ def steps_per_epoch(config) -> int:
     return epoch_steps(len(prepared.sampler), prepared.optim.batch_size)
 
 
-def bare(config, epoch: int) -> tuple[float, float, float]:
-    """(mean seconds per step of the first epoch, after it, total wall seconds) of the plain loop."""
+class LoopTime(NamedTuple):
+    """One run of the training stage: mean seconds per step of the first epoch and after it, the run's wall
+    seconds, and the cores that every other process used during the steps after the first epoch (None
+    where not measured: Ray Train's loop runs in its worker)."""
+
+    first_epoch: float
+    steady: float
+    wall: float
+    other_cores: float | None
+
+
+def _busy_seconds() -> float:
+    """CPU seconds this machine has spent busy (every core, every process) since boot."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def bare(config, epoch: int) -> LoopTime:
+    """The plain loop in this process."""
     begin = time.perf_counter()
     prepared = prepare_stage(config, "train")
     seconds: list[float] = []
-    train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, torch.device("cpu"),
-                on_step=lambda m, o: seconds.append(m.seconds))
-    return statistics.fmean(seconds[:epoch]), statistics.fmean(seconds[epoch:]), time.perf_counter() - begin
+    marks: list[tuple[float, float, float]] = []  # (wall, machine busy, this process's CPU) after the first epoch, at the end
+
+    def on_step(metrics, optimizer) -> None:
+        seconds.append(metrics.seconds)
+        if len(seconds) in (epoch, prepared.optim.steps):
+            marks.append((time.perf_counter(), _busy_seconds(), time.process_time()))
+
+    train_steps(prepared.model, prepared.sampler, prepared.optim, config.seed, torch.device("cpu"), on_step=on_step)
+    (wall_0, busy_0, own_0), (wall_1, busy_1, own_1) = marks
+    other = ((busy_1 - busy_0) - (own_1 - own_0)) / (wall_1 - wall_0)
+    return LoopTime(statistics.fmean(seconds[:epoch]), statistics.fmean(seconds[epoch:]),
+                    time.perf_counter() - begin, max(0.0, other))
 
 
-def through_ray(config, threads: int, name: str) -> tuple[float, float, float]:
-    """(mean seconds per step of the first epoch, after it, total wall seconds incl. Ray start-up) on Ray Train;
-    ``name``: the Ray Train run's, new for every run (a run of an existing name resumes from its checkpoint)."""
+def through_ray(config, threads: int, name: str) -> LoopTime:
+    """The stage on Ray Train (wall seconds include Ray's start-up); ``name``: the Ray Train run's, new for every
+    run (a run of an existing name resumes from its checkpoint)."""
     begin = time.perf_counter()
     connect(None, num_cpus=2)
     result = train_on_ray(config, "train", Path(config.out) / f"{name}.safetensors", scaling=Scaling(1, False, threads),
@@ -81,7 +115,7 @@ def through_ray(config, threads: int, name: str) -> tuple[float, float, float]:
     steps = [r["step"] for r in result.history]
     windows = [b - a for a, b in zip(steps, steps[1:])]
     per_step = sum(w * r["seconds_per_step"] for w, r in zip(windows, result.history[1:])) / sum(windows)
-    return result.history[0]["seconds_per_step"], per_step, wall
+    return LoopTime(result.history[0]["seconds_per_step"], per_step, wall, None)
 
 
 def _idle_worker(loop_config: dict) -> None:
@@ -91,7 +125,7 @@ def _idle_worker(loop_config: dict) -> None:
         time.sleep(0.5)
 
 
-def beside_idle_ray(config, epoch: int, threads: int, name: str) -> tuple[float, float, float]:
+def beside_idle_ray(config, epoch: int, threads: int, name: str) -> LoopTime:
     """``bare`` in this process while a local Ray runs an idle Train run (controller + one sleeping worker)."""
     connect(None, num_cpus=2)
     folder = Path(config.out) / name
@@ -116,18 +150,47 @@ def beside_idle_ray(config, epoch: int, threads: int, name: str) -> tuple[float,
 
 
 @ray.remote
-def _loop_in_task(config, epoch: int, threads: int) -> tuple[float, float, float]:
+def _loop_in_task(config, epoch: int, threads: int) -> LoopTime:
     torch.set_num_threads(threads)
     return bare(config, epoch)
 
 
-def in_ray_task(config, epoch: int, threads: int) -> tuple[float, float, float]:
+def in_ray_task(config, epoch: int, threads: int) -> LoopTime:
     """``bare`` inside a plain Ray task holding ``threads`` CPUs of a local Ray started for the run."""
     connect(None, num_cpus=2)
     try:
         return ray.get(_loop_in_task.options(num_cpus=threads).remote(config, epoch, threads))
     finally:
         ray.shutdown()
+
+
+BURST_SECONDS = 45e-6
+
+
+def _burn(cores: float, stop) -> None:
+    """Use ``cores`` of CPU in bursts of ``BURST_SECONDS`` of spinning, sleeping in between, until ``stop`` is set."""
+    pause = BURST_SECONDS / cores - BURST_SECONDS
+    scratch = bytearray(256 * 1024)  # touched in each burst, as a woken process touches its own memory
+    offset = 0
+    while not stop.is_set():
+        until = time.perf_counter() + BURST_SECONDS
+        while time.perf_counter() < until:
+            scratch[offset] = (scratch[offset] + 1) & 0xFF
+            offset = (offset + 4096) % len(scratch)
+        time.sleep(pause)
+
+
+def beside_load(config, epoch: int, cores: float) -> LoopTime:
+    """``bare`` in this process while another process burns ``cores`` of CPU in short bursts (no Ray running)."""
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    burner = context.Process(target=_burn, args=(cores, stop), daemon=True)
+    burner.start()
+    try:
+        return bare(config, epoch)
+    finally:
+        stop.set()
+        burner.join()
 
 
 def sweep(config, dense: Path, trials: int, cpus_per_trial: int, name: str) -> float:
@@ -149,9 +212,13 @@ def main() -> None:
                         help="also time the plain loop beside an idle Ray Train run (what Ray's processes cost it)")
     parser.add_argument("--ray-task", action="store_true",
                         help="also time the plain loop inside a plain Ray task (Ray without Train's machinery)")
+    parser.add_argument("--background-load", type=float, metavar="CORES",
+                        help="also time the plain loop beside a process that burns CORES of CPU in short bursts")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: allowed: 1 or more")
+    if args.background_load is not None and not 0 < args.background_load < 1:
+        parser.error(f"--background-load {args.background_load}: allowed: more than 0 and less than 1 (cores)")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -164,7 +231,10 @@ def main() -> None:
         extras = {"idle Ray": ("bare beside idle Ray", "idle", "Bare loop beside an idle Ray Train run ÷ bare loop alone",
                                args.idle_ray),
                   "Ray task": ("bare in a Ray task", "task", "Bare loop inside a plain Ray task ÷ bare loop alone",
-                               args.ray_task)}
+                               args.ray_task),
+                  "load": ("bare beside the load", "load",
+                           f"Bare loop beside a synthetic load of {args.background_load} cores ÷ bare loop alone",
+                           args.background_load is not None)}
         chosen = [kind for kind, (*_, wanted) in extras.items() if wanted]
         rows = []
         for repeat in range(args.repeats):
@@ -172,6 +242,7 @@ def main() -> None:
             runs = {"bare": lambda: bare(config, epoch),
                     "idle Ray": lambda: beside_idle_ray(config, epoch, args.threads, f"{name}-idle"),
                     "Ray task": lambda: in_ray_task(config, epoch, args.threads),
+                    "load": lambda: beside_load(config, epoch, args.background_load),
                     "Ray": lambda: through_ray(config, args.threads, name)}
             order = [kind for kind in runs if kind in ("bare", "Ray") or kind in chosen]
             if repeat % 2:
@@ -180,17 +251,20 @@ def main() -> None:
         print(f"\nTraining stage: {args.steps} steps of batch 4 at 128x224, vit_tiny + Mask2Former head, {args.threads} threads; "
               f"s/step is the mean after the first epoch ({epoch} steps)\n")
         extra_head = "".join(f" {extras[kind][0]} s/step | {extras[kind][1]} ÷ bare |" for kind in chosen)
+        other_head = "".join(f" other cores: {extras[kind][1]} |" for kind in chosen)
         print(f"| pair | order | bare s/step | Ray Train s/step | Ray ÷ bare |{extra_head} first epoch: bare | first epoch: Ray "
-              "| bare wall s | Ray wall s (incl. start-up) |")
-        print("|---:|---|---:|---:|---:|" + "---:|---:|" * len(chosen) + "---:|---:|---:|---:|")
+              f"| bare wall s | Ray wall s (incl. start-up) | other cores: bare |{other_head}")
+        print("|---:|---|---:|---:|---:|" + "---:|---:|" * len(chosen) + "---:|---:|---:|---:|---:|" + "---:|" * len(chosen))
         for pair, order, done in rows:
-            (bare_warm, bare_step, bare_wall), (ray_warm, ray_step, ray_wall) = done["bare"], done["Ray"]
-            extra_cells = "".join(f" {done[kind][1]:.3f} | {done[kind][1] / bare_step:.2f} |" for kind in chosen)
-            print(f"| {pair} | {order} | {bare_step:.3f} | {ray_step:.3f} | {ray_step / bare_step:.2f} |{extra_cells} {bare_warm:.3f} "
-                  f"| {ray_warm:.3f} | {bare_wall:.1f} | {ray_wall:.1f} |")
-        print(f"\nRay Train ÷ bare loop, per step: {ratio_summary([done['Ray'][1] / done['bare'][1] for *_, done in rows])}")
+            plain, on_ray = done["bare"], done["Ray"]
+            extra_cells = "".join(f" {done[kind].steady:.3f} | {done[kind].steady / plain.steady:.2f} |" for kind in chosen)
+            other_cells = "".join(f" {done[kind].other_cores:.3f} |" for kind in chosen)
+            print(f"| {pair} | {order} | {plain.steady:.3f} | {on_ray.steady:.3f} | {on_ray.steady / plain.steady:.2f} |{extra_cells} "
+                  f"{plain.first_epoch:.3f} | {on_ray.first_epoch:.3f} | {plain.wall:.1f} | {on_ray.wall:.1f} | "
+                  f"{plain.other_cores:.3f} |{other_cells}")
+        print(f"\nRay Train ÷ bare loop, per step: {ratio_summary([done['Ray'].steady / done['bare'].steady for *_, done in rows])}")
         for kind in chosen:
-            print(f"{extras[kind][2]}: {ratio_summary([done[kind][1] / done['bare'][1] for *_, done in rows])}")
+            print(f"{extras[kind][2]}: {ratio_summary([done[kind].steady / done['bare'].steady for *_, done in rows])}")
         if args.trials < 1:
             return
         dense = run_stage(config, "train", root / "dense.safetensors")

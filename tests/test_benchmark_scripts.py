@@ -56,25 +56,38 @@ def test_attention_kernels_times_both_kernels_and_marks_the_chosen_one():
     assert rows[("forward", "bf16", "112")].split("|")[4].strip().endswith("*")  # fused: no backward pass
 
 
-def test_platform_overhead_times_bare_ray_train_idle_ray_and_a_ray_task_after_the_warm_up_epoch():
+def test_platform_overhead_times_bare_ray_train_idle_ray_a_ray_task_and_a_background_load_after_the_warm_up_epoch():
     out = _run("platform_overhead.py", "--steps", "32", "--repeats", "1", "--trials", "0", "--threads", "1",
-               "--idle-ray", "--ray-task")
+               "--idle-ray", "--ray-task", "--background-load", "0.05")
     assert "mean after the first epoch (16 steps)" in out
-    row = next(line for line in out.splitlines() if line.startswith("| 1 | bare, idle Ray, Ray task, Ray |"))
-    cells = [float(c) for c in row.split("|")[3:12]]
-    bare_step, ray_step, ratio, idle_step, idle_ratio, task_step, task_ratio, bare_warm, ray_warm = cells
-    assert min(bare_step, ray_step, idle_step, task_step, bare_warm, ray_warm) > 0
-    for step, shown in ((ray_step, ratio), (idle_step, idle_ratio), (task_step, task_ratio)):
+    row = next(line for line in out.splitlines() if line.startswith("| 1 | bare, idle Ray, Ray task, load, Ray |"))
+    cells = [float(c) for c in row.split("|")[3:-1]]
+    (bare_step, ray_step, ratio, idle_step, idle_ratio, task_step, task_ratio, load_step, load_ratio, bare_warm, ray_warm,
+     bare_wall, ray_wall, other_bare, other_idle, other_task, other_load) = cells
+    assert min(bare_step, ray_step, idle_step, task_step, load_step, bare_warm, ray_warm) > 0
+    for step, shown in ((ray_step, ratio), (idle_step, idle_ratio), (task_step, task_ratio), (load_step, load_ratio)):
         assert abs(shown - step / bare_step) < 0.01
+    assert bare_wall > 0 and ray_wall > 0
+    # the burner's CPU shows in the other processes' share; Ray's idle processes use some too
+    assert other_load > max(0.02, other_bare)
+    assert other_idle > 0 and other_task > 0
     assert "Ray Train ÷ bare loop, per step: median" in out
     assert "Bare loop beside an idle Ray Train run ÷ bare loop alone: median" in out
     assert "Bare loop inside a plain Ray task ÷ bare loop alone: median" in out
+    assert "Bare loop beside a synthetic load of 0.05 cores ÷ bare loop alone: median" in out
 
 
 def test_platform_overhead_refuses_fewer_steps_than_two_epochs():
     done = _call("platform_overhead.py", "--steps", "20", "--trials", "0")
     assert done.returncode == 2
     assert "--steps 20: allowed: at least two epochs (32 steps)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_platform_overhead_refuses_a_background_load_of_a_core_or_more():
+    done = _call("platform_overhead.py", "--background-load", "1.5", "--trials", "0")
+    assert done.returncode == 2
+    assert "--background-load 1.5: allowed: more than 0 and less than 1 (cores)" in done.stderr
     assert "Traceback" not in done.stderr
 
 
