@@ -78,9 +78,10 @@ class LoopTime(NamedTuple):
 
 
 def _busy_seconds() -> float:
-    """CPU seconds this machine has spent busy (every core, every process) since boot."""
+    """CPU seconds this machine's processes and kernel have used since boot, every core (not idle, I/O wait,
+    time stolen by a hypervisor, or guest time, which the user time already holds)."""
     times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    return times.user + times.system + sum(getattr(times, field, 0.0) for field in ("nice", "irq", "softirq"))
 
 
 def bare(config, epoch: int) -> LoopTime:
@@ -90,7 +91,7 @@ def bare(config, epoch: int) -> LoopTime:
     seconds: list[float] = []
     marks: list[tuple[float, float, float]] = []  # (wall, machine busy, this process's CPU) after the first epoch, at the end
 
-    def on_step(metrics, optimizer) -> None:
+    def on_step(metrics, state) -> None:
         seconds.append(metrics.seconds)
         if len(seconds) in (epoch, prepared.optim.steps):
             marks.append((time.perf_counter(), _busy_seconds(), time.process_time()))
